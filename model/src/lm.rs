@@ -1,0 +1,110 @@
+//! `DiffusionLm`: a loaded checkpoint (config, transformer, tokenizer) and its infilling entry point.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::sampler::{self, InfillOutput, InfillRequest, StepHook};
+use crate::tokenizer::Tokenizer;
+use crate::transformer::Transformer;
+use crate::weights::TensorStore;
+
+pub struct DiffusionLm {
+    model: Transformer,
+    tokenizer: Tokenizer,
+    name: String,
+}
+
+impl DiffusionLm {
+    /// A Hugging Face-format folder: config.json, tokenizer.json, and model.safetensors or a
+    /// sharded model.safetensors.index.json.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a model folder"),
+            });
+        }
+        let device = Device::Cpu;
+        let cfg = Config::from_file(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), &cfg)?;
+        let store = TensorStore::load_dir(dir, &device)?;
+        let model = Transformer::new(&cfg, &store, &device)?;
+        Ok(Self { model, tokenizer, name: dir.display().to_string() })
+    }
+
+    /// The model compiled into the binary (model/default/), loaded with zero configuration.
+    pub fn load_default() -> Result<Self> {
+        #[cfg(default_model)]
+        {
+            let origin = PathBuf::from("<embedded>/model/default");
+            let cfg = Config::from_json(include_str!("../default/config.json"), &origin.join("config.json"))?;
+            let tokenizer =
+                Tokenizer::from_bytes(include_bytes!("../default/tokenizer.json"), &origin.join("tokenizer.json"), &cfg)?;
+            let device = Device::Cpu;
+            let store = TensorStore::from_bytes(
+                include_bytes!("../default/model.safetensors"),
+                &origin.join("model.safetensors"),
+                &device,
+            )?;
+            let model = Transformer::new(&cfg, &store, &device)?;
+            Ok(Self { model, tokenizer, name: "default".into() })
+        }
+        #[cfg(not(default_model))]
+        {
+            Err(ModelError::Io {
+                path: PathBuf::from("model/default"),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "this build embeds no default model"),
+            })
+        }
+    }
+
+    pub fn from_parts(model: Transformer, tokenizer: Tokenizer, name: &str) -> Self {
+        Self { model, tokenizer, name: name.into() }
+    }
+
+    pub fn describe(&self) -> String {
+        let cfg = self.model.config();
+        format!(
+            "{} ({:.1}M params, {} layers, width {}, vocab {})",
+            self.name,
+            cfg.num_params() as f64 / 1e6,
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.vocab_size
+        )
+    }
+
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    pub fn transformer(&self) -> &Transformer {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    /// Fill `span_len` masked positions between prefix and suffix. Blocking and CPU-heavy.
+    pub fn infill(&self, req: &InfillRequest, hook: &mut dyn StepHook) -> Result<InfillOutput> {
+        sampler::infill(&self.model, &self.tokenizer, req, hook)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<DiffusionLm>();
+}

@@ -1,0 +1,77 @@
+//! The tokenizer of a checkpoint and the ids of its special tokens (mask, end-of-infill).
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+
+/// Special token ids the sampler needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// The token every not-yet-decoded position holds.
+    pub mask: u32,
+    /// Ends an infill: it and everything after it are dropped (pad / EOS).
+    pub end: u32,
+}
+
+const MASK_NAMES: &[&str] = &["<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "<|MASK|>"];
+const END_NAMES: &[&str] = &["<|endoftext|>", "<|eot_id|>", "</s>", "<pad>", "[PAD]", "<|pad|>"];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub special: SpecialTokens,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path, cfg: &Config) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        Self::from_bytes(&bytes, path, cfg)
+    }
+
+    pub fn from_bytes(bytes: &[u8], path: &Path, cfg: &Config) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| ModelError::Tokenizer { path: path.to_owned(), reason: e.to_string() })?;
+        let by_name = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let missing = |what: &str| ModelError::Tokenizer {
+            path: path.to_owned(),
+            reason: format!("no {what} token: set `{what}_token_id` in config.json or add one of the usual names"),
+        };
+        let mask = cfg.mask_token_id.or_else(|| by_name(MASK_NAMES)).ok_or_else(|| missing("mask"))?;
+        let end = cfg
+            .pad_token_id
+            .or(cfg.eos_token_id)
+            .or_else(|| by_name(END_NAMES))
+            .ok_or_else(|| missing("pad"))?;
+        for (what, id) in [("mask", mask), ("pad", end)] {
+            if id as usize >= cfg.vocab_size {
+                return Err(ModelError::Tokenizer {
+                    path: path.to_owned(),
+                    reason: format!("{what} token id {id} is outside the model's vocab_size {}", cfg.vocab_size),
+                });
+            }
+        }
+        Ok(Self { inner, special: SpecialTokens { mask, end } })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Request(format!("tokenizing failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Request(format!("detokenizing failed: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}

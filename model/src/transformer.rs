@@ -1,0 +1,488 @@
+//! The bidirectional Qwen2-family transformer used by the open diffusion code models (Dream,
+//! DiffuCoder, Open-dCoder) and by our own default model: RMSNorm, RoPE, grouped-query attention
+//! with q/k/v biases, SwiGLU MLP, tied or untied embeddings, and no causal mask.
+//!
+//! Three ways to run it:
+//! - [`Transformer::forward_full`]: the whole sequence at once (parity tests, training, and the
+//!   refresh of the context cache during infilling);
+//! - [`Transformer::forward_span`]: only the few "active" tokens of an infill span, attending to the
+//!   cached keys/values of the fixed context around them (the Fast-dLLM approximate cache);
+//! - [`Transformer::forward_causal`]: causal decoding with a growing KV cache, the autoregressive
+//!   baseline that the benches compare against.
+//!
+//! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{Config, WeightFamily};
+use crate::error::Result;
+use crate::weights::TensorStore;
+
+/// Inference uses candle's fused kernels; training needs ops that have a backward pass
+/// (candle's fused rms_norm, softmax_last_dim and rope silently drop gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    Infer,
+    Train,
+}
+
+struct Linear {
+    /// (out, in)
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match x.dims() {
+            [b, l, d] => x.reshape((b * l, *d))?.matmul(&self.w.t()?)?.reshape((*b, *l, ()))?,
+            _ => x.matmul(&self.w.t()?)?,
+        };
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of one layer for a block of positions: (batch, kv_heads, len, head_dim).
+/// The batch is 1 when shared by every candidate.
+#[derive(Clone)]
+pub struct KvBlock {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// Per-layer keys/values of the fixed context (prefix and suffix) of an infill request.
+#[derive(Clone)]
+pub struct ContextKv {
+    pub layers: Vec<KvBlock>,
+}
+
+impl ContextKv {
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.k.dim(2).unwrap_or(0))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Growing per-layer cache for causal decoding.
+#[derive(Default)]
+pub struct CausalCache {
+    layers: Vec<Option<KvBlock>>,
+    pub len: usize,
+}
+
+/// What [`Transformer::forward_full`] should keep as context K/V: every position except the
+/// active window `start..start + len`.
+#[derive(Debug, Clone, Copy)]
+pub struct ActiveWindow {
+    pub start: usize,
+    pub len: usize,
+}
+
+pub struct Transformer {
+    cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    device: Device,
+}
+
+/// The parameter names of the checkpoint family, in a fixed order (training, saving).
+pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let d = cfg.hidden_size;
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let f = cfg.intermediate_size;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+        if cfg.qkv_bias {
+            out.push((format!("{p}.self_attn.q_proj.bias"), vec![d]));
+            out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+            out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+        }
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
+    }
+    out
+}
+
+/// Tensor names of one layer in a weight family.
+struct LayerNames {
+    input_norm: String,
+    q: String,
+    k: String,
+    v: String,
+    o: String,
+    post_norm: String,
+    gate: String,
+    up: String,
+    down: String,
+}
+
+fn layer_names(family: WeightFamily, i: usize) -> LayerNames {
+    match family {
+        WeightFamily::Qwen2 => {
+            let p = format!("model.layers.{i}");
+            LayerNames {
+                input_norm: format!("{p}.input_layernorm"),
+                q: format!("{p}.self_attn.q_proj"),
+                k: format!("{p}.self_attn.k_proj"),
+                v: format!("{p}.self_attn.v_proj"),
+                o: format!("{p}.self_attn.o_proj"),
+                post_norm: format!("{p}.post_attention_layernorm"),
+                gate: format!("{p}.mlp.gate_proj"),
+                up: format!("{p}.mlp.up_proj"),
+                down: format!("{p}.mlp.down_proj"),
+            }
+        }
+        WeightFamily::Llada => {
+            let p = format!("model.transformer.blocks.{i}");
+            LayerNames {
+                input_norm: format!("{p}.attn_norm"),
+                q: format!("{p}.q_proj"),
+                k: format!("{p}.k_proj"),
+                v: format!("{p}.v_proj"),
+                o: format!("{p}.attn_out"),
+                post_norm: format!("{p}.ff_norm"),
+                gate: format!("{p}.ff_proj"),
+                up: format!("{p}.up_proj"),
+                down: format!("{p}.ff_out"),
+            }
+        }
+    }
+}
+
+impl Transformer {
+    pub fn new(cfg: &Config, store: &TensorStore, device: &Device) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        let f = cfg.intermediate_size;
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let w = store.get(&format!("{name}.weight"), &[out, inp])?;
+            let b = if bias { Some(store.get(&format!("{name}.bias"), &[out])?) } else { None };
+            Ok(Linear { w, b })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let n = layer_names(cfg.family, i);
+            layers.push(Layer {
+                input_norm: store.get(&format!("{}.weight", n.input_norm), &[d])?,
+                q: linear(&n.q, d, d, cfg.qkv_bias)?,
+                k: linear(&n.k, kv, d, cfg.qkv_bias)?,
+                v: linear(&n.v, kv, d, cfg.qkv_bias)?,
+                o: linear(&n.o, d, d, false)?,
+                post_norm: store.get(&format!("{}.weight", n.post_norm), &[d])?,
+                gate: linear(&n.gate, f, d, false)?,
+                up: linear(&n.up, f, d, false)?,
+                down: linear(&n.down, d, f, false)?,
+            });
+        }
+        let (embed_name, norm_name, head_name) = match cfg.family {
+            WeightFamily::Qwen2 => ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"),
+            WeightFamily::Llada => {
+                ("model.transformer.wte.weight", "model.transformer.ln_f.weight", "model.transformer.ff_out.weight")
+            }
+        };
+        let embed = store.get(embed_name, &[cfg.vocab_size, d])?;
+        let lm_head = if cfg.tie_word_embeddings && !store.contains(head_name) {
+            embed.clone()
+        } else {
+            store.get(head_name, &[cfg.vocab_size, d])?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: store.get(norm_name, &[d])?,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// RoPE tables for the given positions, built in f32 whatever the weights' dtype: (len, head_dim/2).
+    fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.head_dim();
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for i in 0..half {
+                // Same f32 arithmetic as the reference: inv_freq in f32, then position * inv_freq.
+                let inv_freq = 1.0f32 / (self.cfg.rope_theta.powf((2 * i) as f64 / hd as f64) as f32);
+                let angle = p as f32 * inv_freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        let dtype = self.embed.dtype();
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(dtype)?,
+        ))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, exec: Exec) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        Ok(match exec {
+            Exec::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
+            Exec::Train => candle_nn::ops::rms_norm_slow(x, w, eps)?,
+        })
+    }
+
+    /// Project hidden states (B, L, d) to rotated queries (B, H, L, hd) and keys/values (B, KVH, L, hd).
+    fn qkv(&self, layer: &Layer, x: &Tensor, rope: &(Tensor, Tensor), exec: Exec) -> Result<(Tensor, KvBlock)> {
+        let (b, l, _) = x.dims3()?;
+        let hd = self.cfg.head_dim();
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(layer.q.forward(x)?, self.cfg.num_attention_heads)?;
+        let k = heads(layer.k.forward(x)?, self.cfg.num_key_value_heads)?;
+        let v = heads(layer.v.forward(x)?, self.cfg.num_key_value_heads)?;
+        let (cos, sin) = rope;
+        let (q, k) = match exec {
+            Exec::Infer => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+            Exec::Train => (
+                candle_nn::rotary_emb::rope_slow(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_slow(&k, cos, sin)?,
+            ),
+        };
+        Ok((q, KvBlock { k, v }))
+    }
+
+    /// Attention of queries (B, H, Lq, hd) over several key/value blocks, each optionally with an
+    /// additive bias broadcastable to (B, Lq, Lk). Grouped-query attention without copying keys:
+    /// the query heads that share a KV head are folded into the row dimension.
+    fn attend(&self, q: &Tensor, blocks: &[(&KvBlock, Option<&Tensor>)], exec: Exec) -> Result<Tensor> {
+        let (b, h, lq, hd) = q.dims4()?;
+        let kvh = self.cfg.num_key_value_heads;
+        let g = h / kvh;
+        let qg = (q.reshape((b, kvh, g * lq, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let mut scores = Vec::with_capacity(blocks.len());
+        for (kv, bias) in blocks {
+            let kt = kv.k.transpose(2, 3)?;
+            let s = if kv.k.dim(0)? == b { qg.matmul(&kt)? } else { qg.broadcast_matmul(&kt)? };
+            let s = match bias {
+                Some(bias) => {
+                    let lk = kv.k.dim(2)?;
+                    let (bb, lqb, _) = bias.dims3()?;
+                    s.reshape((b, kvh, g, lq, lk))?
+                        .broadcast_add(&bias.to_dtype(s.dtype())?.reshape((bb, 1, 1, lqb, lk))?)?
+                        .reshape((b, kvh, g * lq, lk))?
+                }
+                None => s,
+            };
+            scores.push(s);
+        }
+        let scores = if scores.len() == 1 { scores.pop().unwrap() } else { Tensor::cat(&scores, 3)? };
+        let probs = match exec {
+            Exec::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            Exec::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let mut out: Option<Tensor> = None;
+        let mut offset = 0;
+        for (kv, _) in blocks {
+            let lk = kv.k.dim(2)?;
+            let p = if blocks.len() == 1 { probs.clone() } else { probs.narrow(3, offset, lk)?.contiguous()? };
+            offset += lk;
+            let o = if kv.v.dim(0)? == b { p.matmul(&kv.v)? } else { p.broadcast_matmul(&kv.v)? };
+            out = Some(match out {
+                Some(acc) => (acc + o)?,
+                None => o,
+            });
+        }
+        Ok(out.expect("at least one key block").reshape((b, h, lq, hd))?)
+    }
+
+    /// Output projection + residual + MLP for one layer.
+    fn finish_layer(&self, layer: &Layer, x: &Tensor, attn: &Tensor, exec: Exec) -> Result<Tensor> {
+        let (b, h, l, hd) = attn.dims4()?;
+        let attn = attn.transpose(1, 2)?.reshape((b, l, h * hd))?;
+        let x = (x + layer.o.forward(&attn)?)?;
+        let y = self.rms_norm(&x, &layer.post_norm, exec)?;
+        let act = (layer.gate.forward(&y)?.silu()? * layer.up.forward(&y)?)?;
+        Ok((x + layer.down.forward(&act)?)?)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, self.cfg.hidden_size))?)
+    }
+
+    /// Bidirectional pass over the whole sequence `ids` (B, L) at `positions` (L). Returns the
+    /// final normalised hidden states (B, L, d) and, if `keep` is given, the keys/values of every
+    /// position outside the active window (the infill context).
+    pub fn forward_full(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        bias: Option<&Tensor>,
+        keep: Option<ActiveWindow>,
+        exec: Exec,
+    ) -> Result<(Tensor, Option<ContextKv>)> {
+        let rope = self.rope_tables(positions)?;
+        let mut x = self.embed(ids)?;
+        let l = positions.len();
+        let mut ctx = Vec::new();
+        for layer in &self.layers {
+            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
+            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            if let Some(w) = keep {
+                let end = w.start + w.len;
+                let take = |t: &Tensor| -> Result<Tensor> {
+                    let parts: Vec<Tensor> = [(0, w.start), (end, l - end)]
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(s, n)| t.narrow(2, s, n))
+                        .collect::<candle_core::Result<_>>()?;
+                    Ok(Tensor::cat(&parts, 2)?.contiguous()?)
+                };
+                ctx.push(KvBlock { k: take(&kv.k)?, v: take(&kv.v)? });
+            }
+            let attn = self.attend(&q, &[(&kv, bias)], exec)?;
+            x = self.finish_layer(layer, &x, &attn, exec)?;
+        }
+        let h = self.rms_norm(&x, &self.norm, exec)?;
+        Ok((h, keep.map(|_| ContextKv { layers: ctx })))
+    }
+
+    /// Only the active tokens `ids` (B, n) at `positions` (n): they attend to the cached context
+    /// and to each other. Context keys/values are not updated (approximate, refreshed by the caller).
+    pub fn forward_span(&self, ids: &Tensor, positions: &[u32], ctx: &ContextKv) -> Result<Tensor> {
+        let exec = Exec::Infer;
+        let rope = self.rope_tables(positions)?;
+        let mut x = self.embed(ids)?;
+        for (layer, ctx_kv) in self.layers.iter().zip(&ctx.layers) {
+            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
+            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            let attn = if ctx_kv.k.dim(2)? == 0 {
+                self.attend(&q, &[(&kv, None)], exec)?
+            } else {
+                self.attend(&q, &[(ctx_kv, None), (&kv, None)], exec)?
+            };
+            x = self.finish_layer(layer, &x, &attn, exec)?;
+        }
+        self.rms_norm(&x, &self.norm, exec)
+    }
+
+    /// Causal decoding step(s) for the autoregressive baseline: `ids` (1, L) continue the cache.
+    pub fn forward_causal(&self, ids: &Tensor, cache: &mut CausalCache) -> Result<Tensor> {
+        let exec = Exec::Infer;
+        let (_, l) = ids.dims2()?;
+        let start = cache.len;
+        let positions: Vec<u32> = (start as u32..(start + l) as u32).collect();
+        let rope = self.rope_tables(&positions)?;
+        let causal = if l > 1 { Some(causal_bias(l, &self.device)?) } else { None };
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let mut x = self.embed(ids)?;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
+            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            let attn = match slot.as_ref() {
+                Some(past) => self.attend(&q, &[(past, None), (&kv, causal.as_ref())], exec)?,
+                None => self.attend(&q, &[(&kv, causal.as_ref())], exec)?,
+            };
+            *slot = Some(match slot.take() {
+                Some(past) => KvBlock {
+                    k: Tensor::cat(&[&past.k, &kv.k], 2)?,
+                    v: Tensor::cat(&[&past.v, &kv.v], 2)?,
+                },
+                None => kv,
+            });
+            x = self.finish_layer(layer, &x, &attn, exec)?;
+        }
+        cache.len += l;
+        self.rms_norm(&x, &self.norm, exec)
+    }
+
+    /// Logits for hidden states (..., d) → (..., vocab). Callers pass only the rows they need:
+    /// the output head is the largest matmul per token at these widths.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let d = *dims.last().expect("hidden has a last dim");
+        let rows = hidden.elem_count() / d;
+        let out = hidden.reshape((rows, d))?.matmul(&self.lm_head.t()?)?;
+        let mut shape = dims;
+        *shape.last_mut().unwrap() = self.cfg.vocab_size;
+        Ok(out.reshape(shape)?)
+    }
+
+    /// Raw per-position logits (B, L, V) of a full bidirectional pass, with the checkpoint's
+    /// convention applied (shifted: position i shows the prediction made at i-1).
+    pub fn forward_logits(&self, ids: &Tensor, pad_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (_, l) = ids.dims2()?;
+        let positions: Vec<u32> = (0..l as u32).collect();
+        let bias = match pad_mask {
+            Some(m) => Some(padding_bias(m)?),
+            None => None,
+        };
+        let (h, _) = self.forward_full(ids, &positions, bias.as_ref(), None, Exec::Infer)?;
+        let logits = self.logits(&h)?;
+        Ok(match self.cfg.logits {
+            crate::config::LogitsConvention::InPlace => logits,
+            crate::config::LogitsConvention::Shifted if l > 1 => {
+                Tensor::cat(&[&logits.narrow(1, 0, 1)?, &logits.narrow(1, 0, l - 1)?], 1)?
+            }
+            crate::config::LogitsConvention::Shifted => logits,
+        })
+    }
+}
+
+/// Additive bias (1, L, L) that hides future positions.
+pub fn causal_bias(l: usize, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(v, (1, l, l), device)?)
+}
+
+/// Key-padding mask (B, L) of 1 (real) / 0 (pad), in any dtype → additive bias (B, 1, L).
+pub fn padding_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    // 0 where real, -1e9 where padding (finite so fully padded rows stay NaN-free).
+    let bias = ((m - 1.0)? * 1e9)?;
+    Ok(bias.reshape((b, 1, l))?)
+}

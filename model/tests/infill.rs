@@ -1,0 +1,124 @@
+//! Behaviour of the infilling sampler on a tiny random-weight checkpoint: the hook between steps,
+//! cancellation, rejection, remasking, batching and reproducibility.
+
+use std::path::PathBuf;
+
+use model::{DiffusionLm, InfillRequest, NoHook, SamplerParams, StepHook, StepView, Verdict};
+
+fn lm() -> DiffusionLm {
+    DiffusionLm::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied")).unwrap()
+}
+
+fn request(lm: &DiffusionLm, span_len: usize, params: SamplerParams) -> InfillRequest {
+    InfillRequest {
+        prefix: lm.encode("fn add(a: u32, b: u32) -> u32 {\n    ").unwrap(),
+        suffix: lm.encode("\n}\n").unwrap(),
+        span_len,
+        params,
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    views: Vec<(usize, usize, usize, bool, String)>,
+    cancel_after: Option<usize>,
+    reject: Option<usize>,
+    remask_once: bool,
+}
+
+impl StepHook for Recorder {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        let masked = v.tokens.iter().filter(|t| t.is_none()).count();
+        assert_eq!(v.tokens.len(), v.token_ranges.len());
+        for (t, r) in v.tokens.iter().zip(v.token_ranges) {
+            assert!(r.end <= v.text.len());
+            if t.is_none() {
+                assert!(r.is_empty());
+            }
+        }
+        self.views.push((v.step, v.candidate, masked, v.is_final, v.text.to_string()));
+        if Some(v.candidate) == self.reject {
+            return Verdict::Reject;
+        }
+        if self.remask_once && v.is_final {
+            self.remask_once = false;
+            return Verdict::Remask(vec![0, 1]);
+        }
+        Verdict::Keep
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel_after.is_some_and(|n| self.views.len() >= n)
+    }
+}
+
+#[test]
+fn steps_commit_on_schedule_and_hook_sees_each_step() {
+    let lm = lm();
+    let mut rec = Recorder::default();
+    let out = lm.infill(&request(&lm, 16, SamplerParams { steps: 4, ..Default::default() }), &mut rec).unwrap();
+    // Masks only ever decrease, by at least the schedule's share, and the last view is final.
+    let masks: Vec<usize> = rec.views.iter().map(|v| v.2).collect();
+    assert!(masks.len() <= 4 && !masks.is_empty(), "{masks:?}");
+    assert!(masks.windows(2).all(|w| w[1] < w[0]), "{masks:?}");
+    assert!(rec.views.last().unwrap().3);
+    assert_eq!(masks[0], 12, "16 masks over 4 steps commit 4 first");
+    assert_eq!(out.completions.len(), 1);
+    assert_eq!(out.stats.full_passes, 1, "context computed once (cache_refresh 0)");
+    assert_eq!(out.completions[0].text, rec.views.last().unwrap().4);
+}
+
+#[test]
+fn exact_refresh_runs_a_full_pass_every_step() {
+    let lm = lm();
+    let out = lm
+        .infill(&request(&lm, 8, SamplerParams { steps: 8, cache_refresh: 1, ..Default::default() }), &mut NoHook)
+        .unwrap();
+    assert_eq!(out.stats.full_passes, out.stats.forward_passes);
+}
+
+#[test]
+fn cancellation_stops_within_one_step() {
+    let lm = lm();
+    let mut rec = Recorder { cancel_after: Some(2), ..Default::default() };
+    let out = lm.infill(&request(&lm, 16, SamplerParams { steps: 8, ..Default::default() }), &mut rec).unwrap();
+    assert!(out.stats.cancelled);
+    assert!(out.completions.is_empty());
+    assert_eq!(out.stats.forward_passes, 2);
+}
+
+#[test]
+fn rejected_candidates_are_dropped_and_batch_is_reproducible() {
+    let lm = lm();
+    let params = SamplerParams { steps: 4, candidates: 3, temperature: 0.9, seed: 42, ..Default::default() };
+    let mut rec = Recorder { reject: Some(1), ..Default::default() };
+    let out = lm.infill(&request(&lm, 12, params.clone()), &mut rec).unwrap();
+    assert!(out.completions.iter().all(|c| c.candidate != 1));
+    assert_eq!(out.stats.rejected, 1);
+    let again = lm.infill(&request(&lm, 12, params), &mut Recorder { reject: Some(1), ..Default::default() }).unwrap();
+    let texts = |o: &model::InfillOutput| o.completions.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&out), texts(&again));
+    // Ranked by mean log-probability.
+    assert!(out.completions.windows(2).all(|w| w[0].mean_logprob >= w[1].mean_logprob));
+}
+
+#[test]
+fn remask_at_the_end_takes_extra_steps() {
+    let lm = lm();
+    let mut rec = Recorder { remask_once: true, ..Default::default() };
+    let out = lm.infill(&request(&lm, 8, SamplerParams { steps: 2, ..Default::default() }), &mut rec).unwrap();
+    assert!(out.stats.steps > 2, "{:?}", out.stats);
+    assert_eq!(out.stats.remasked, 2);
+    assert_eq!(out.completions.len(), 1);
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let lm = lm();
+    assert!(lm.infill(&request(&lm, 0, SamplerParams::default()), &mut NoHook).is_err());
+    let mut req = request(&lm, 4, SamplerParams::default());
+    req.prefix.push(1_000_000);
+    assert!(lm.infill(&req, &mut NoHook).is_err());
+    let mut req = request(&lm, 4, SamplerParams::default());
+    req.prefix = vec![5; 300];
+    assert!(lm.infill(&req, &mut NoHook).is_err(), "past max_position_embeddings");
+}
