@@ -146,30 +146,48 @@ export interface LspRange {
   end: LspPosition;
 }
 
-/** Server command ids (from `executeCommandProvider.commands`). */
+/** Server command ids (from `executeCommandProvider.commands`, server/src/lsp.rs). */
 export const SERVER_COMMANDS = {
-  fillSelection: 'diffusion.fillSelection',
-  rewriteFunction: 'diffusion.rewriteFunction',
-  accept: 'diffusion.accept',
+  fillSelection: 'diffusion-ls.fillSelection',
+  rewriteFunction: 'diffusion-ls.rewriteFunction',
+  accept: 'diffusion-ls.acceptCompletion',
 } as const;
 
+/** Custom request: waits for the model to load, then `{ ready, model }`. */
+export const STATUS_REQUEST = 'diffusionLs/status';
+
+export interface StatusResult {
+  ready: boolean;
+  model?: string;
+}
+
 /**
- * Arguments of the fill / rewrite commands: one object with the document and the selection
- * (for rewrite the selection's start is the position inside the function; an empty selection
- * is the cursor).
+ * The one argument of the fill / rewrite commands: `{ uri, range }` for fill (the selection),
+ * `{ uri, position }` for rewrite (a position inside the function). Both get both, plus the
+ * document version, so either command reads what it needs.
  */
 export interface EditCommandArgs {
-  textDocument: { uri: string; version?: number };
+  uri: string;
+  version?: number;
   range: LspRange;
   position: LspPosition;
 }
 
 export function editCommandArgs(uri: string, version: number | undefined, range: LspRange): EditCommandArgs {
-  const args: EditCommandArgs = { textDocument: { uri }, range, position: range.start };
+  const args: EditCommandArgs = { uri, range, position: range.start };
   if (version !== undefined) {
-    args.textDocument.version = version;
+    args.version = version;
   }
   return args;
+}
+
+/** Model description from the server's status answer (`Ready("qwen2 (…)")` → `qwen2 (…)`). */
+export function describeModel(status: StatusResult | undefined | null): string | undefined {
+  if (!status || typeof status.model !== 'string' || status.model === '') {
+    return undefined;
+  }
+  const m = /^\w+\("?(.*?)"?\)$/s.exec(status.model);
+  return m ? m[1] : status.model;
 }
 
 /** Picks the server's id for a command: the configured one if advertised, else one advertised that ends the same way. */

@@ -14,6 +14,7 @@ import {
 } from 'vscode-languageclient/node';
 import {
   countItems,
+  describeModel,
   didChangeConfigurationParams,
   editCommandArgs,
   LatencyTracker,
@@ -25,11 +26,16 @@ import {
   ServerState,
   statusText,
   statusTooltip,
+  STATUS_REQUEST,
+  StatusResult,
   StatusView,
   toServerOptions,
 } from './config';
 
-/** Optional notification a server may send about itself; every field is optional. */
+/**
+ * Optional notification a server may send about itself; every field is optional. (diffusion-ls
+ * has none yet: the state comes from the client's state and the `diffusionLs/status` request.)
+ */
 interface StatusNotificationParams {
   state?: ServerState;
   model?: string;
@@ -144,8 +150,9 @@ async function startClient(): Promise<void> {
   }
   const info = client.initializeResult?.serverInfo;
   if (info) {
-    view.model = view.model ?? `${info.name}${info.version ? ' ' + info.version : ''}`;
+    view.detail = `${info.name}${info.version ? ' ' + info.version : ''}`;
   }
+  void queryModelStatus(client);
   client.onNotification(StatusNotification, (p) => {
     if (p.state) {
       view.state = p.state;
@@ -159,6 +166,29 @@ async function startClient(): Promise<void> {
     view.detail = p.message;
     renderStatus();
   });
+}
+
+/** Shows "loading" until the server's status request (which waits for the model) answers. */
+async function queryModelStatus(c: LanguageClient): Promise<void> {
+  view.state = 'loading';
+  renderStatus();
+  try {
+    const status = await c.sendRequest<StatusResult>(STATUS_REQUEST);
+    if (client !== c) {
+      return;
+    }
+    view.model = describeModel(status) ?? view.model;
+    view.state = status?.ready ? 'ready' : 'error';
+    if (!status?.ready) {
+      view.detail = `The model did not load: ${status?.model ?? 'unknown reason'}`;
+    }
+  } catch (e) {
+    // A server without the request: assume it is ready once running.
+    if (client === c && c.isRunning()) {
+      view.state = 'ready';
+    }
+  }
+  renderStatus();
 }
 
 async function stopClient(): Promise<void> {
@@ -246,6 +276,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
           DidChangeConfigurationNotification.type,
           didChangeConfigurationParams(currentServerOptions()),
         );
+        if (e.affectsConfiguration(`${SECTION}.model`)) {
+          void queryModelStatus(client);
+        }
       }
     }),
   );

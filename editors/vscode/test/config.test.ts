@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import {
   countItems,
+  describeModel,
+  SERVER_COMMANDS,
   didChangeConfigurationParams,
   editCommandArgs,
   expandPath,
@@ -115,15 +117,17 @@ test('server command: PATH lookup by default, paths expanded', () => {
 test('edit command arguments carry document, range and position', () => {
   const range = { start: { line: 3, character: 4 }, end: { line: 5, character: 0 } };
   assert.deepEqual(editCommandArgs('file:///a.rs', 7, range), {
-    textDocument: { uri: 'file:///a.rs', version: 7 },
+    uri: 'file:///a.rs',
+    version: 7,
     range,
     position: { line: 3, character: 4 },
   });
-  assert.deepEqual(editCommandArgs('file:///a.rs', undefined, range).textDocument, { uri: 'file:///a.rs' });
+  assert.equal('version' in editCommandArgs('file:///a.rs', undefined, range), false);
 });
 
 test('server command ids are matched against what the server advertises', () => {
-  assert.equal(resolveServerCommand('diffusion.fillSelection', ['diffusion.fillSelection']), 'diffusion.fillSelection');
+  assert.equal(resolveServerCommand(SERVER_COMMANDS.fillSelection, ['diffusion-ls.acceptCompletion', 'diffusion-ls.fillSelection']), 'diffusion-ls.fillSelection');
+  assert.equal(resolveServerCommand(SERVER_COMMANDS.rewriteFunction, ['diffusion-ls.rewriteFunction']), 'diffusion-ls.rewriteFunction');
   assert.equal(resolveServerCommand('diffusion.fillSelection', ['diffusion-ls.fill_selection', 'x']), 'diffusion-ls.fill_selection');
   assert.equal(resolveServerCommand('diffusion.fillSelection', ['other']), undefined);
   assert.equal(resolveServerCommand('diffusion.fillSelection', undefined), undefined);
@@ -164,4 +168,23 @@ test('countItems handles arrays, lists and empty results', () => {
   assert.equal(countItems([1, 2]), 2);
   assert.equal(countItems({ items: [1] }), 1);
   assert.equal(countItems({}), undefined);
+});
+
+test('model description from the status request', () => {
+  assert.equal(describeModel({ ready: true, model: 'Ready("qwen2 (0.1M params, vocab 512)")' }), 'qwen2 (0.1M params, vocab 512)');
+  assert.equal(describeModel({ ready: true, model: 'plain text' }), 'plain text');
+  assert.equal(describeModel({ ready: false }), undefined);
+  assert.equal(describeModel(null), undefined);
+});
+
+test('the server command ids match server/src/lsp.rs when it is there', () => {
+  const lsp = path.join(__dirname, '..', '..', '..', '..', 'server', 'src', 'lsp.rs');
+  if (!fs.existsSync(lsp)) {
+    return;
+  }
+  const src = fs.readFileSync(lsp, 'utf8');
+  for (const id of Object.values(SERVER_COMMANDS)) {
+    assert.ok(src.includes(`"${id}"`), `${id} not in server/src/lsp.rs`);
+  }
+  assert.ok(src.includes('"diffusionLs/status"'));
 });

@@ -89,9 +89,27 @@ CONFIG = ClientServerConfig(
 )
 
 
+# Custom requests of diffusion-ls (server/src/lsp.rs), for tests and debugging.
+STATUS = "diffusionLs/status"  # waits for the model, then {ready, model}
+DEBUG_DOCUMENT = "diffusionLs/debugDocument"  # {uri} -> {version, text}
+
+
+async def wait_model(client: LanguageClient) -> dict:
+    status = await asyncio.wait_for(client.protocol.send_request_async(STATUS, None), TIMEOUT)
+    status = status if isinstance(status, dict) else client.protocol._converter.unstructure(status)
+    assert status.get("ready"), f"the model did not load: {status}"
+    return status
+
+
+async def server_text(client: LanguageClient, uri: str) -> dict:
+    doc = await asyncio.wait_for(client.protocol.send_request_async(DEBUG_DOCUMENT, {"uri": uri}), TIMEOUT)
+    return doc if isinstance(doc, dict) else client.protocol._converter.unstructure(doc)
+
+
 @pytest_lsp.fixture(config=CONFIG)
 async def client(lsp_client: LanguageClient):
     lsp_client.init_result = await lsp_client.initialize_session(init_params())  # type: ignore[attr-defined]
+    await wait_model(lsp_client)
     yield
     await lsp_client.shutdown_session()
 
@@ -265,23 +283,26 @@ def line_prefix_utf16(line: str, character: int) -> str:
 
 
 async def test_completion(client: LanguageClient):
+    """Helix-style items: label = first line, textEdit from the line start with the whole insertion,
+    filterText = the line prefix (so the menu keeps the item while typing), detail says diffusion."""
     open_doc(client)
     items = await completion_items(client, LET_POS)
     assert items, "the server returned no completion item"
+    prefix = LINES[LET_LINE]
     for item in items:
         edit = item.text_edit
         assert edit is not None, "items carry a textEdit with the whole insertion"
-        new_text = edit.new_text
         rng = edit.range if isinstance(edit, t.TextEdit) else edit.insert
-        assert item.label == new_text.split("\n")[0] or item.label.startswith(new_text.split("\n")[0].strip()[:1]), (
-            item.label,
-            new_text,
-        )
+        assert rng.start == t.Position(line=LET_LINE, character=0), rng
+        assert rng.end == LET_POS, rng  # nothing after the cursor on that line
+        assert edit.new_text.startswith(prefix), edit.new_text
+        inserted = edit.new_text[len(prefix):]
+        assert inserted, "an empty completion"
+        first = next((line.strip() for line in inserted.split("\n") if line.strip()), "")
+        assert item.label == first, (item.label, inserted)
+        assert item.filter_text == prefix, item.filter_text
         assert item.detail and "diffusion" in item.detail.lower(), item.detail
-        assert rng.start.line == LET_POS.line and rng.end == LET_POS or rng.end.line >= LET_POS.line
-        if item.filter_text is not None:
-            # The line text from the edit's start to the cursor, so the client keeps the item as you type.
-            assert item.filter_text.endswith(line_prefix_utf16(LINES[LET_LINE], LET_POS.character)[rng.start.character :].rstrip()[-1:] or "")
+        assert item.insert_text_format in (None, t.InsertTextFormat.PlainText)
 
 
 # ---- document sync with emoji ----------------------------------------------------------------------
@@ -300,47 +321,66 @@ def change(uri: str, version: int, start: tuple[int, int], end: tuple[int, int],
 
 
 async def test_incremental_change_with_emoji(client: LanguageClient):
-    """Edits after astral-plane characters use UTF-16 offsets; the server's copy must follow.
-
-    Checked through completion's filterText (the line prefix the server sees) and the ranges it returns.
-    """
+    """Incremental edits around astral-plane characters, in UTF-16 offsets (each 🦀 is 2 units):
+    the server's copy (diffusionLs/debugDocument) must match the client's, and ranges it returns
+    must fall inside the document."""
     uri = "file:///work/demo/src/emoji.rs"
     text = 'fn main() {\n    let s = "🦀🦀";\n    \n}\n'
     open_doc(client, text, uri)
-    # Insert after the two crabs (each 2 UTF-16 units): `"🦀🦀` ends at character 14+... compute.
-    line1 = '    let s = "🦀🦀";'
-    after_crabs = len('    let s = "'.encode("utf-16-le")) // 2 + 4
-    client.text_document_did_change(change(uri, 2, (1, after_crabs), (1, after_crabs), "é🎉"))
-    line1 = '    let s = "🦀🦀é🎉";'
-    # Replace the blank line 2 with a statement that uses an emoji, then type more.
-    client.text_document_did_change(change(uri, 3, (2, 0), (2, 4), "    let t = s.len(); // 👍 "))
-    client.text_document_did_change(change(uri, 4, (2, 27), (2, 27), "ok"))
-    line2 = "    let t = s.len(); // 👍 ok"
-    # Delete the é (1 unit) between the crabs and the party popper.
-    client.text_document_did_change(change(uri, 5, (1, after_crabs), (1, after_crabs + 1), ""))
-    line1 = '    let s = "🦀🦀🎉";'
-    lines = ["fn main() {", line1, line2, "}", ""]
 
-    end2 = t.Position(line=2, character=len(line2.encode("utf-16-le")) // 2)
+    def u16(s: str) -> int:
+        return len(s.encode("utf-16-le")) // 2
+
+    after_crabs = u16('    let s = "🦀🦀')
+    edits = [
+        ((1, after_crabs), (1, after_crabs), "é🎉"),  # -> "🦀🦀é🎉"
+        ((2, 0), (2, 4), "    let t = s.len(); // 👍 "),  # replace the blank line
+        ((2, u16("    let t = s.len(); // 👍 ")), (2, u16("    let t = s.len(); // 👍 ")), "ok"),
+        ((1, after_crabs), (1, after_crabs + 1), ""),  # delete the é
+        ((0, 3), (0, 7), "🚀ain"),  # replace "main" across ASCII with an emoji
+        ((3, 1), (3, 1), "\n// 👋🏽 wave\n"),  # multi-line insert after the closing brace
+    ]
+    expected = text
+    for version, (start, end, new) in enumerate(edits, start=2):
+        client.text_document_did_change(change(uri, version, start, end, new))
+        expected = apply_utf16(expected, start, end, new)
+    assert "🦀🦀🎉" in expected and "🚀ain" in expected
+    doc = await server_text(client, uri)
+    assert doc["text"] == expected
+    assert doc["version"] == 1 + len(edits)
+
+    lines = expected.split("\n")
+    end2 = t.Position(line=2, character=u16(lines[2]))
     items = await completion_items(client, end2, uri)
     assert items, "no completion after incremental edits"
     for item in items:
         edit = item.text_edit
         rng = edit.range if isinstance(edit, t.TextEdit) else edit.insert
-        assert in_doc(rng.start, lines) and in_doc(rng.end, lines), rng
-        assert rng.end == end2 or rng.end.line > 2, rng
-        if item.filter_text is not None:
-            prefix = line_prefix_utf16(line2, rng.start.character) if rng.start.line == 2 else ""
-            seen = line_prefix_utf16(line2, end2.character)[len(prefix) :]
-            assert seen.strip() == "" or item.filter_text.startswith(seen.lstrip()[:1]) or seen in item.filter_text or item.filter_text in line2, (
-                item.filter_text,
-                seen,
-            )
-    # And an inline completion right after the popper, mid-line.
-    pos = t.Position(line=1, character=after_crabs + 2)
+        assert rng.start == t.Position(line=2, character=0) and rng.end == end2, rng
+        assert item.filter_text == lines[2]
+        assert edit.new_text.startswith(lines[2])
+    # Inline completion right after the party popper, mid-line: the range covers `";` (closing chars).
+    pos = t.Position(line=1, character=u16('    let s = "🦀🦀🎉'))
     for item in items_of(await inline(client, pos, uri)):
-        if item.range is not None:
-            assert in_doc(item.range.start, lines) and in_doc(item.range.end, lines), item.range
+        assert item.range is not None and item.range.start == pos, item.range
+        assert in_doc(item.range.end, lines), item.range
+        assert item.range.end.line == 1
+
+
+def apply_utf16(text: str, start: tuple[int, int], end: tuple[int, int], new: str) -> str:
+    lines = text.split("\n")
+
+    def offset(line: int, character: int) -> int:
+        before = sum(len(x) + 1 for x in lines[:line])
+        units, i = 0, 0
+        s = lines[line]
+        while units < character:
+            units += 2 if ord(s[i]) > 0xFFFF else 1
+            i += 1
+        return before + i
+
+    a, b = offset(*start), offset(*end)
+    return text[:a] + new + text[b:]
 
 
 # ---- cancellation, bad input ----------------------------------------------------------------------
@@ -486,8 +526,9 @@ async def test_fill_selection_command(client: LanguageClient):
         start=t.Position(line=6, character=len(line) - len(line.lstrip())),
         end=t.Position(line=6, character=len(line)),
     )
-    args = {"textDocument": {"uri": URI, "version": 1}, "range": sel, "position": sel.start}
-    await run_command(client, find_command(client, "fill"), client.protocol._converter.unstructure(args))
+    args = {"uri": URI, "range": sel}
+    result = await run_command(client, find_command(client, "fill"), client.protocol._converter.unstructure(args))
+    print("fill result:", result)
     edits = edits_for(client, URI)
     assert edits, f"no workspace/applyEdit for {URI}: {client.applied_edits}"
     for e in edits:
@@ -499,8 +540,9 @@ async def test_rewrite_function_command(client: LanguageClient):
     open_doc(client)
     await wait_items(client, LET_POS)
     pos = t.Position(line=5, character=8)  # inside `count`
-    args = {"textDocument": {"uri": URI, "version": 1}, "range": t.Range(start=pos, end=pos), "position": pos}
-    await run_command(client, find_command(client, "rewrite"), client.protocol._converter.unstructure(args))
+    args = {"uri": URI, "position": pos}
+    result = await run_command(client, find_command(client, "rewrite"), client.protocol._converter.unstructure(args))
+    print("rewrite result:", result)
     edits = edits_for(client, URI)
     assert edits, f"no workspace/applyEdit for {URI}: {client.applied_edits}"
     for e in edits:
@@ -527,6 +569,66 @@ async def test_code_actions(client: LanguageClient):
         cmd = a.command if isinstance(a, t.CodeAction) else a
         if cmd is not None and isinstance(cmd, t.Command):
             assert cmd.command in commands(client), cmd
+
+
+async def test_code_action_command_round_trip(client: LanguageClient):
+    """A code action's command, executed as an editor would, ends in workspace/applyEdit."""
+    open_doc(client)
+    line = LINES[6]
+    rng = t.Range(start=t.Position(line=6, character=8), end=t.Position(line=6, character=len(line)))
+    actions = await asyncio.wait_for(
+        client.text_document_code_action_async(
+            t.CodeActionParams(
+                text_document=t.TextDocumentIdentifier(uri=URI), range=rng, context=t.CodeActionContext(diagnostics=[])
+            )
+        ),
+        TIMEOUT,
+    )
+    fill = [a for a in actions or [] if isinstance(a, t.CodeAction) and a.command and "fill" in a.command.command.lower()]
+    assert fill, actions
+    cmd = fill[0].command
+    client.applied_edits.clear()
+    await asyncio.wait_for(
+        client.workspace_execute_command_async(t.ExecuteCommandParams(command=cmd.command, arguments=cmd.arguments)),
+        TIMEOUT,
+    )
+    for _ in range(50):
+        if client.applied_edits:
+            break
+        await asyncio.sleep(0.1)
+    edits = edits_for(client, URI)
+    assert edits, "no workspace/applyEdit from the code action's command"
+    for e in edits:
+        assert e.range.start.line == 6 and e.range.end.line == 6, e.range
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("fill", {"uri": URI, "range": {"start": {"line": 6, "character": 8}, "end": {"line": 6, "character": 8}}}),
+        ("fill", {"uri": URI}),
+        ("fill", "not an object"),
+        ("rewrite", {"uri": URI, "position": {"line": 99, "character": 0}}),
+        ("rewrite", {"uri": "file:///work/demo/src/unknown.rs", "position": {"line": 0, "character": 0}}),
+        ("no-such-command", {}),
+    ],
+    ids=["empty-selection", "missing-range", "bad-type", "position-past-end", "unknown-document", "unknown-command"],
+)
+async def test_bad_command_arguments(client: LanguageClient, command, args):
+    open_doc(client)
+    name = "diffusion-ls.noSuchCommand" if command == "no-such-command" else find_command(client, command)
+    client.applied_edits.clear()
+    try:
+        result = await asyncio.wait_for(
+            client.workspace_execute_command_async(t.ExecuteCommandParams(command=name, arguments=[args])), TIMEOUT
+        )
+    except JsonRpcException as e:
+        assert e.code in (-32602, -32603), e
+    else:
+        # Not an error: then it must not have edited anything.
+        assert not (isinstance(result, dict) and result.get("applied")), result
+        assert not client.applied_edits
+    await alive(client)
 
 
 # ---- shutdown ------------------------------------------------------------------------------------

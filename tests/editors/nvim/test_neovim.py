@@ -95,12 +95,14 @@ def apply_item(lines: list[str], item: dict, cursor: tuple[int, int], encoding: 
 
 
 @pytest.fixture
-def nvim(tmp_path):
+def nvim(tmp_path, monkeypatch):
     (tmp_path / "Cargo.toml").write_text('[package]\nname = "t"\nversion = "0.1.0"\nedition = "2021"\n')
     (tmp_path / "src").mkdir()
     argv = [nvim_binary(), "--embed", "--headless", "-u", "NONE", "-i", "NONE", "-n"]
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path / "config"))
-    os.environ.update({k: env[k] for k in ("XDG_STATE_HOME", "XDG_CONFIG_HOME")})
+    # Keep the LSP log and any state inside the test's folder.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     n = pynvim.attach("child", argv=argv)
     try:
         n.command(f"cd {tmp_path}")

@@ -40,10 +40,11 @@ M.defaults = {
     prev = '<M-[>',
     dismiss = '<C-]>',
   },
-  --- Server command ids; matched against what the server advertises.
+  --- Server command ids (executeCommandProvider.commands); matched against what the server
+  --- advertises, so a renamed command still resolves.
   commands = {
-    fill = 'diffusion.fillSelection',
-    rewrite = 'diffusion.rewriteFunction',
+    fill = 'diffusion-ls.fillSelection',
+    rewrite = 'diffusion-ls.rewriteFunction',
   },
   --- Called with (client, bufnr) after the plugin attached to a buffer.
   on_attach = nil,
@@ -133,6 +134,23 @@ local function instrument(client)
   end
 end
 
+--- Asks the server for the model state (`diffusionLs/status` answers once the model loaded).
+function M.query_status(client)
+  M.state.status = 'loading'
+  client:request('diffusionLs/status', nil, function(err, result)
+    if err then
+      M.state.status = 'ready' -- a server without the request
+    elseif result and result.ready then
+      M.state.status = 'ready'
+      M.state.model = result.model
+    else
+      M.state.status = 'error'
+      M.state.model = result and result.model
+    end
+    vim.api.nvim_exec_autocmds('User', { pattern = 'DiffusionLsStatus', modeline = false })
+  end)
+end
+
 --- Statusline text, e.g. "diffusion 231ms".
 function M.status()
   local s = M.state
@@ -188,7 +206,6 @@ local function map_keys(bufnr)
 end
 
 local function on_attach(client, bufnr)
-  M.state.status = 'ready'
   if has_inline() and M.config.inline and client:supports_method('textDocument/inlineCompletion') then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
   elseif M.config.completion and vim.lsp.completion and client:supports_method('textDocument/completion') then
@@ -223,7 +240,7 @@ function M.setup(opts)
     settings = options,
     on_init = function(client)
       instrument(client)
-      M.state.status = 'ready'
+      M.query_status(client)
     end,
     on_exit = function()
       M.state.status = 'stopped'
@@ -243,6 +260,9 @@ function M.set(settings)
   for _, client in ipairs(vim.lsp.get_clients({ name = NAME })) do
     client.settings = options
     client:notify('workspace/didChangeConfiguration', { settings = options })
+    if settings.model ~= nil then
+      M.query_status(client)
+    end
   end
 end
 
@@ -289,8 +309,10 @@ function M.run_command(which, range, on_done)
     local pos = vim.lsp.util.make_position_params(0, client.offset_encoding)
     params = { textDocument = pos.textDocument, range = { start = pos.position, ['end'] = pos.position } }
   end
+  -- Fill reads { uri, range }, rewrite { uri, position }; both get both.
   local args = {
-    textDocument = { uri = params.textDocument.uri, version = vim.lsp.util.buf_versions[bufnr] },
+    uri = params.textDocument.uri,
+    version = vim.lsp.util.buf_versions[bufnr],
     range = params.range,
     position = params.range.start,
   }
