@@ -6,7 +6,7 @@ use candle_core::Device;
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::sampler::{self, InfillOutput, InfillRequest, StepHook};
+use crate::sampler::{self, ContextCache, InfillOutput, InfillRequest, StepHook};
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 use crate::weights::TensorStore;
@@ -100,6 +100,17 @@ impl DiffusionLm {
     /// Fill `span_len` masked positions between prefix and suffix. Blocking and CPU-heavy.
     pub fn infill(&self, req: &InfillRequest, hook: &mut dyn StepHook) -> Result<InfillOutput> {
         sampler::infill(&self.model, &self.tokenizer, req, hook)
+    }
+
+    /// [`Self::infill`] reusing the context keys/values of the previous request on the same
+    /// document when only the text near the cursor changed (see [`ContextCache`]).
+    pub fn infill_with_cache(
+        &self,
+        req: &InfillRequest,
+        hook: &mut dyn StepHook,
+        cache: &mut ContextCache,
+    ) -> Result<InfillOutput> {
+        sampler::infill_cached(&self.model, &self.tokenizer, req, hook, Some(cache))
     }
 }
 

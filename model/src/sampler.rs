@@ -147,6 +147,8 @@ pub struct InfillStats {
     pub remasked: usize,
     pub rejected: usize,
     pub cancelled: bool,
+    /// The context K/V came from an earlier request (see [`ContextCache`]).
+    pub context_reused: bool,
     pub context_tokens: usize,
     pub span_tokens: usize,
     pub encode_ms: f64,
@@ -319,7 +321,126 @@ enum CtxRows {
     PerCandidate(Vec<usize>),
 }
 
+/// Context keys/values kept from one request to the next on the same document. When only the text
+/// near the cursor changed, the unchanged prefix keeps its keys/values, the unchanged end of the
+/// suffix keeps them too (moved to their new positions by a RoPE rotation), and only the changed
+/// tokens run, attending to the rest. This is approximate in the same way as the per-step cache:
+/// reused entries do not see the edit. Large edits fall back to a full pass.
+#[derive(Default)]
+pub struct ContextCache {
+    entry: Option<CacheEntry>,
+    /// Requests served by reuse, and by a full pass (for logs and evals).
+    pub reused: usize,
+    pub rebuilt: usize,
+}
+
+struct CacheEntry {
+    /// Context tokens before the active window (positions 0..prefix_ids.len()).
+    prefix_ids: Vec<u32>,
+    suffix_ids: Vec<u32>,
+    /// Position of the first suffix token.
+    suffix_start: usize,
+    /// Per layer: prefix block then suffix block, batch 1.
+    kv: ContextKv,
+}
+
+/// Longest run of new tokens that reuse still handles; beyond it a full pass is cheaper and exact.
+const MAX_REUSE_NEW_TOKENS: usize = 96;
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn common_suffix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+}
+
+impl ContextCache {
+    pub fn clear(&mut self) {
+        self.entry = None;
+    }
+
+    /// Context K/V for `prefix_ids` (positions 0..) and `suffix_ids` (from `suffix_start`),
+    /// derived from the cached entry, or None when a full pass is needed.
+    fn reuse(
+        &self,
+        model: &Transformer,
+        prefix_ids: &[u32],
+        suffix_ids: &[u32],
+        suffix_start: usize,
+    ) -> Result<Option<ContextKv>> {
+        let Some(e) = &self.entry else { return Ok(None) };
+        let cp = common_prefix(&e.prefix_ids, prefix_ids);
+        let cs = common_suffix(&e.suffix_ids, suffix_ids);
+        let new_prefix = &prefix_ids[cp..];
+        let new_suffix = &suffix_ids[..suffix_ids.len() - cs];
+        if new_prefix.len() + new_suffix.len() > MAX_REUSE_NEW_TOKENS || cp < prefix_ids.len() / 2 {
+            return Ok(None);
+        }
+        let old_split = e.prefix_ids.len();
+        let old_tail = e.suffix_start + (e.suffix_ids.len() - cs);
+        let new_tail = suffix_start + new_suffix.len();
+        let delta = new_tail as i64 - old_tail as i64;
+        let mut kept = Vec::with_capacity(e.kv.layers.len());
+        let mut tails = Vec::with_capacity(e.kv.layers.len());
+        for l in &e.kv.layers {
+            let tail_from = old_split + e.suffix_ids.len() - cs;
+            let k_tail = model.shift_keys(&l.k.narrow(2, tail_from, cs)?, delta)?;
+            let v_tail = l.v.narrow(2, tail_from, cs)?;
+            let pre = KvBlock { k: l.k.narrow(2, 0, cp)?, v: l.v.narrow(2, 0, cp)? };
+            kept.push(KvBlock {
+                k: Tensor::cat(&[&pre.k, &k_tail], 2)?,
+                v: Tensor::cat(&[&pre.v, &v_tail], 2)?,
+            });
+            tails.push((KvBlock { k: k_tail, v: v_tail }, pre));
+        }
+        if new_prefix.is_empty() && new_suffix.is_empty() {
+            return Ok(Some(ContextKv { layers: kept }));
+        }
+        // The changed tokens attend to the kept context and to each other.
+        let ids: Vec<u32> = new_prefix.iter().chain(new_suffix).copied().collect();
+        let positions: Vec<u32> = (cp as u32..prefix_ids.len() as u32)
+            .chain(suffix_start as u32..(suffix_start + new_suffix.len()) as u32)
+            .collect();
+        let ids_t = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+        let (_, own) = model.forward_span_kv(&ids_t, &positions, &ContextKv { layers: kept }, true)?;
+        let own = own.expect("own K/V requested");
+        let np = new_prefix.len();
+        let layers = own
+            .layers
+            .iter()
+            .zip(tails)
+            .map(|(o, (tail, pre))| {
+                let part = |t: &Tensor, pre: &Tensor, tail: &Tensor| -> Result<Tensor> {
+                    let mut parts = vec![pre.clone()];
+                    if np > 0 {
+                        parts.push(t.narrow(2, 0, np)?);
+                    }
+                    if ids.len() > np {
+                        parts.push(t.narrow(2, np, ids.len() - np)?);
+                    }
+                    parts.push(tail.clone());
+                    Ok(Tensor::cat(&parts, 2)?)
+                };
+                Ok(KvBlock { k: part(&o.k, &pre.k, &tail.k)?, v: part(&o.v, &pre.v, &tail.v)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ContextKv { layers }))
+    }
+}
+
 pub fn infill(model: &Transformer, tok: &Tokenizer, req: &InfillRequest, hook: &mut dyn StepHook) -> Result<InfillOutput> {
+    infill_cached(model, tok, req, hook, None)
+}
+
+/// [`infill`] that starts from (and updates) the context K/V of an earlier request.
+pub fn infill_cached(
+    model: &Transformer,
+    tok: &Tokenizer,
+    req: &InfillRequest,
+    hook: &mut dyn StepHook,
+    mut cache: Option<&mut ContextCache>,
+) -> Result<InfillOutput> {
     let cfg = model.config();
     let params = &req.params;
     let n = req.span_len;
@@ -371,8 +492,20 @@ pub fn infill(model: &Transformer, tok: &Tokenizer, req: &InfillRequest, hook: &
         })
         .collect();
     let mut stats = InfillStats { context_tokens: p + s, span_tokens: n, ..Default::default() };
-    let mut ctx: Option<(ContextKv, CtxRows)> = None;
     let started = Instant::now();
+    let mut ctx: Option<(ContextKv, CtxRows)> = match cache.as_deref_mut() {
+        Some(c) => {
+            let reused = c.reuse(model, &req.prefix[..act_start], &req.suffix, p + n)?;
+            if reused.is_some() {
+                c.reused += 1;
+            } else {
+                c.rebuilt += 1;
+            }
+            reused.map(|kv| (kv, CtxRows::Shared))
+        }
+        None => None,
+    };
+    stats.context_reused = ctx.is_some();
     let max_steps = steps + params.max_extra_steps;
 
     for step in 0..max_steps {
@@ -388,7 +521,7 @@ pub fn infill(model: &Transformer, tok: &Tokenizer, req: &InfillRequest, hook: &
         let span_ids = |c: &Candidate| -> Vec<u32> { c.tokens.iter().map(|t| t.unwrap_or(special.mask)).collect() };
         let refresh = match &ctx {
             None => true,
-            Some(_) => params.cache_refresh > 0 && step % params.cache_refresh == 0,
+            Some(_) => params.cache_refresh > 0 && step > 0 && step % params.cache_refresh == 0,
         };
         let t0 = Instant::now();
         // Hidden states of the active window: (1 or |run|, act_len, d).
@@ -525,6 +658,14 @@ pub fn infill(model: &Transformer, tok: &Tokenizer, req: &InfillRequest, hook: &
         }
     }
     stats.denoise_ms = started.elapsed().as_secs_f64() * 1e3 - stats.encode_ms;
+    if let (Some(c), Some((kv, CtxRows::Shared))) = (cache, &ctx) {
+        c.entry = Some(CacheEntry {
+            prefix_ids: req.prefix[..act_start].to_vec(),
+            suffix_ids: req.suffix.clone(),
+            suffix_start: p + n,
+            kv: kv.clone(),
+        });
+    }
 
     let mut completions: Vec<Completion> = Vec::new();
     for (c, cand) in cands.iter().enumerate().filter(|(_, c)| c.alive && c.done) {

@@ -236,7 +236,13 @@ impl Transformer {
     }
 
     /// RoPE tables for the given positions, built in f32 whatever the weights' dtype: (len, head_dim/2).
+    /// Positions may be negative: a rotation by -p undoes one by p (used to move cached keys).
     fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let signed: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        self.rope_tables_signed(&signed)
+    }
+
+    fn rope_tables_signed(&self, positions: &[i64]) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim();
         let half = hd / 2;
         let mut cos = Vec::with_capacity(positions.len() * half);
@@ -256,6 +262,17 @@ impl Transformer {
             Tensor::from_vec(cos, shape, &self.device)?.to_dtype(dtype)?,
             Tensor::from_vec(sin, shape, &self.device)?.to_dtype(dtype)?,
         ))
+    }
+
+    /// Move cached keys (B, KVH, L, hd) by `delta` positions: RoPE rotations compose, so keys
+    /// computed at p become keys at p + delta without recomputing them.
+    pub fn shift_keys(&self, k: &Tensor, delta: i64) -> Result<Tensor> {
+        if delta == 0 {
+            return Ok(k.clone());
+        }
+        let l = k.dim(2)?;
+        let (cos, sin) = self.rope_tables_signed(&vec![delta; l])?;
+        Ok(candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?)
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, exec: Exec) -> Result<Tensor> {
@@ -375,6 +392,10 @@ impl Transformer {
                         .filter(|(_, n)| *n > 0)
                         .map(|(s, n)| t.narrow(2, s, n))
                         .collect::<candle_core::Result<_>>()?;
+                    if parts.is_empty() {
+                        // No context at all: an empty block keeps one entry per layer.
+                        return Ok(t.narrow(2, 0, 0)?.contiguous()?);
+                    }
                     Ok(Tensor::cat(&parts, 2)?.contiguous()?)
                 };
                 ctx.push(KvBlock { k: take(&kv.k)?, v: take(&kv.v)? });
@@ -389,9 +410,22 @@ impl Transformer {
     /// Only the active tokens `ids` (B, n) at `positions` (n): they attend to the cached context
     /// and to each other. Context keys/values are not updated (approximate, refreshed by the caller).
     pub fn forward_span(&self, ids: &Tensor, positions: &[u32], ctx: &ContextKv) -> Result<Tensor> {
+        Ok(self.forward_span_kv(ids, positions, ctx, false)?.0)
+    }
+
+    /// [`Self::forward_span`] that also returns the active tokens' own keys/values, so that new
+    /// context tokens can be added to a cache without a full pass.
+    pub fn forward_span_kv(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        ctx: &ContextKv,
+        keep: bool,
+    ) -> Result<(Tensor, Option<ContextKv>)> {
         let exec = Exec::Infer;
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
+        let mut own = Vec::new();
         for (layer, ctx_kv) in self.layers.iter().zip(&ctx.layers) {
             let y = self.rms_norm(&x, &layer.input_norm, exec)?;
             let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
@@ -400,9 +434,12 @@ impl Transformer {
             } else {
                 self.attend(&q, &[(ctx_kv, None), (&kv, None)], exec)?
             };
+            if keep {
+                own.push(kv);
+            }
             x = self.finish_layer(layer, &x, &attn, exec)?;
         }
-        self.rms_norm(&x, &self.norm, exec)
+        Ok((self.rms_norm(&x, &self.norm, exec)?, keep.then_some(ContextKv { layers: own })))
     }
 
     /// Causal decoding step(s) for the autoregressive baseline: `ids` (1, L) continue the cache.

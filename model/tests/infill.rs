@@ -122,3 +122,30 @@ fn bad_requests_are_errors_not_panics() {
     req.prefix = vec![5; 300];
     assert!(lm.infill(&req, &mut NoHook).is_err(), "past max_position_embeddings");
 }
+
+#[test]
+fn context_cache_reuses_keys_across_requests() {
+    let lm = lm();
+    let params = SamplerParams { steps: 4, ..Default::default() };
+    let mut cache = model::ContextCache::default();
+    let req = request(&lm, 8, params.clone());
+    let fresh = lm.infill(&req, &mut NoHook).unwrap();
+    let first = lm.infill_with_cache(&req, &mut NoHook, &mut cache).unwrap();
+    assert!(!first.stats.context_reused);
+    // The same request again: the cached context is exactly the one a full pass computes.
+    let again = lm.infill_with_cache(&req, &mut NoHook, &mut cache).unwrap();
+    assert!(again.stats.context_reused);
+    assert_eq!(again.stats.full_passes, 0);
+    assert_eq!(fresh.completions[0].text, again.completions[0].text);
+    // A small edit at the cursor reuses; a different file rebuilds.
+    let mut typed = request(&lm, 8, params.clone());
+    typed.prefix.extend(lm.encode("let").unwrap());
+    typed.suffix.insert(0, typed.suffix[0]);
+    let edited = lm.infill_with_cache(&typed, &mut NoHook, &mut cache).unwrap();
+    assert!(edited.stats.context_reused);
+    assert_eq!(edited.completions.len(), 1);
+    let other = InfillRequest { prefix: lm.encode("struct S;\n").unwrap(), suffix: vec![], span_len: 4, params };
+    let rebuilt = lm.infill_with_cache(&other, &mut NoHook, &mut cache).unwrap();
+    assert!(!rebuilt.stats.context_reused);
+    assert_eq!((cache.reused, cache.rebuilt), (2, 2));
+}

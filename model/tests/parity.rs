@@ -109,3 +109,33 @@ fn missing_and_corrupt_files_are_typed_errors() {
     assert!(matches!(err, ModelError::UnknownArchitecture { .. }), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// Attention with RoPE depends only on relative positions, so a whole block moved by δ has the
+/// same hidden states and its keys are the old keys rotated by δ: what context reuse relies on.
+#[test]
+fn shifted_keys_equal_keys_computed_at_the_new_positions() {
+    for name in ["qwen2-gqa-untied", "qwen2-tied"] {
+        let lm = DiffusionLm::load_dir(&fixture(name)).unwrap();
+        let m = lm.transformer();
+        let seq: Vec<u32> = (0..12).map(|i| (i * 13 % 400) as u32).collect();
+        let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let at = |start: u32| {
+            let pos: Vec<u32> = (start..start + 12).collect();
+            let (_, empty) = m
+                .forward_full(&ids, &pos, None, Some(ActiveWindow { start: 0, len: 12 }), Exec::Infer)
+                .unwrap();
+            m.forward_span_kv(&ids, &pos, &empty.unwrap(), true).unwrap().1.unwrap()
+        };
+        let (a, b) = (at(3), at(10));
+        for (la, lb) in a.layers.iter().zip(&b.layers) {
+            let moved: Vec<f32> = m.shift_keys(&la.k, 7).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f32> = lb.k.flatten_all().unwrap().to_vec1().unwrap();
+            for (x, y) in moved.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-4, "{name}: {x} vs {y}");
+            }
+            let back: Vec<f32> = m.shift_keys(&lb.k, -7).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let orig: Vec<f32> = la.k.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(back.iter().zip(&orig).all(|(x, y)| (x - y).abs() < 1e-4));
+        }
+    }
+}
