@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Screenshot of diffusion-ls ghost text in VS Code (code-server in headless Chromium).
+# Not run in CI: it installs code-server 4.100 (npm, Node 20), Debian's chromium and playwright-core
+# into target/code-server/, which takes a few minutes and a few hundred MB.
+#
+#   editors/screenshot/run.sh [out.png]        (default editors/screenshot.png)
+# Env: DIFFUSION_LS (default target/release/diffusion-ls), DIFFUSION_LS_MODEL (default the test
+# model: random text, so the screenshot shows the mechanics), PORT (default 8765).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="$(realpath -m "${1:-$ROOT/editors/screenshot.png}")"
+WORK="$ROOT/target/code-server"
+BIN="${DIFFUSION_LS:-$ROOT/target/release/diffusion-ls}"
+MODEL="${DIFFUSION_LS_MODEL:-$ROOT/model/tests/fixtures/qwen2-gqa-untied}"
+PORT="${PORT:-8765}"
+mkdir -p "$WORK"
+BIN="$(realpath "$BIN")"
+
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+if [[ ! -x "$WORK/node_modules/.bin/code-server" ]]; then
+  (cd "$WORK" && npm init -y >/dev/null && npm install --no-audit --no-fund code-server@4.100.3 playwright-core@1)
+fi
+
+# The extension, packaged and installed into a private extensions folder.
+(cd "$ROOT/editors/vscode" && npm ci --no-audit --no-fund && npx vsce package --out "$WORK/diffusion-ls.vsix")
+rm -rf "$WORK/user" "$WORK/ext" "$WORK/ws"
+CS=("$WORK/node_modules/.bin/code-server" --user-data-dir "$WORK/user" --extensions-dir "$WORK/ext")
+"${CS[@]}" --install-extension "$WORK/diffusion-ls.vsix"
+
+# A small Rust project and the settings that point the extension at the binary and model.
+mkdir -p "$WORK/ws/src" "$WORK/user/User"
+cat > "$WORK/ws/Cargo.toml" <<'TOML'
+[package]
+name = "demo"
+version = "0.1.0"
+edition = "2021"
+TOML
+cat > "$WORK/ws/src/main.rs" <<'RS'
+/// Sum of the squares of the even numbers.
+fn sum_even_squares(xs: &[i64]) -> i64 {
+    xs.iter().filter(|x| *x % 2 == 0).map(|x| x * x).sum()
+}
+
+fn main() {
+    let total =
+    println!("{total}");
+}
+RS
+cat > "$WORK/user/User/settings.json" <<JSON
+{
+  "diffusionLs.serverPath": "$BIN",
+  "diffusionLs.serverArgs": ["--model", "$MODEL"],
+  "diffusionLs.steps": 4,
+  "diffusionLs.maxSpanTokens": 16,
+  "diffusionLs.debounceMs": 0,
+  "editor.inlineSuggest.enabled": true,
+  "editor.quickSuggestions": { "other": false, "comments": false, "strings": false },
+  "workbench.startupEditor": "none",
+  "workbench.colorTheme": "Default Dark Modern",
+  "security.workspace.trust.enabled": false,
+  "telemetry.telemetryLevel": "off"
+}
+JSON
+
+"${CS[@]}" --auth none --bind-addr "127.0.0.1:$PORT" --disable-telemetry --disable-update-check \
+  --disable-workspace-trust "$WORK/ws" >"$WORK/code-server.log" 2>&1 &
+CS_PID=$!
+trap 'kill "$CS_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 60); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 1; done
+
+cd "$WORK"
+cp "$ROOT/editors/screenshot/drive.mjs" "$WORK/drive.mjs"  # so it resolves playwright-core from $WORK
+URL="http://127.0.0.1:$PORT/?folder=$WORK/ws" OUT="$OUT" LINE=7 CHROMIUM="$(command -v chromium)" \
+  node "$WORK/drive.mjs"
+echo "screenshot: $OUT"
