@@ -193,3 +193,157 @@ def test_ghost_text_appears_and_is_accepted(nvim, tmp_path, server_cmd, fast_set
     nvim.input("<Esc>")
     # The server is still alive and attached.
     assert nvim.exec_lua("return #vim.lsp.get_clients({ name = 'diffusion_ls', bufnr = 0 })") == 1
+
+
+def start_plugin(nvim, tmp_path, server_cmd, settings, **opts) -> str:
+    src = tmp_path / "src" / "main.rs"
+    src.write_text(RUST)
+    nvim.command(f"set rtp^={PLUGIN}")
+    nvim.command("filetype on")
+    nvim.command("runtime plugin/diffusion_ls.lua")
+    nvim.exec_lua(
+        "require('diffusion_ls').setup(vim.tbl_extend('force', { cmd = select(1, ...), settings = select(2, ...) }, select(3, ...)))",
+        server_cmd,
+        settings,
+        opts,
+    )
+    nvim.command(f"edit {src}")
+    wait_for(
+        lambda: nvim.exec_lua(
+            "local c = vim.lsp.get_clients({ name = 'diffusion_ls', bufnr = 0 })[1]; return c and c.initialized or false"
+        ),
+        "diffusion_ls to attach and initialize",
+    )
+    wait_for(lambda: nvim.exec_lua("return require('diffusion_ls').state.status") == "ready", "the model to load")
+    return str(src)
+
+
+def test_fill_and_rewrite_commands(nvim, tmp_path, server_cmd, fast_settings):
+    """:DiffusionFill on a line range and :DiffusionRewrite in a function edit the buffer through
+    workspace/applyEdit, leaving the rest of the file alone."""
+    start_plugin(nvim, tmp_path, server_cmd, fast_settings)
+    before = nvim.current.buffer[:]
+    # Fill line 2 ("    42") of `answer`.
+    nvim.command("2DiffusionFill")
+    wait_for(lambda: nvim.current.buffer[:] != before, ":DiffusionFill to edit the buffer", timeout=30)
+    after = nvim.current.buffer[:]
+    print("after fill:", after[:4])
+    assert after[0] == before[0], "the line before the range is untouched"
+    assert after[-4:] == before[-4:], "the lines after the range are untouched"
+    assert nvim.exec_lua("return require('diffusion_ls').state.last_latency_ms") is not None
+
+    # Rewrite the function around the cursor (inside main).
+    before = nvim.current.buffer[:]
+    main_line = next(i for i, line in enumerate(before) if line.startswith("fn main")) + 1
+    nvim.current.window.cursor = (main_line + 1, 4)
+    nvim.command("DiffusionRewrite")
+    wait_for(lambda: nvim.current.buffer[:] != before, ":DiffusionRewrite to edit the buffer", timeout=30)
+    after = nvim.current.buffer[:]
+    print("after rewrite:", after)
+    assert after[: main_line - 1] == before[: main_line - 1], "code before the function is untouched"
+    # Undo brings the text back: the edit is an ordinary buffer change.
+    nvim.command("undo")
+    assert nvim.current.buffer[:] == before
+
+
+def test_set_command_reconfigures_server(nvim, tmp_path, server_cmd, fast_settings):
+    start_plugin(nvim, tmp_path, server_cmd, fast_settings)
+    nvim.command("DiffusionSet steps=1 candidates=2")
+    assert nvim.exec_lua("return vim.lsp.get_clients({ name = 'diffusion_ls' })[1].settings.candidates") == 2
+    # The server keeps answering after the change.
+    nvim.current.window.cursor = (CURSOR_LINE, 0)
+    nvim.input("A")
+    ns = nvim.api.get_namespaces()["nvim.lsp.inline_completion"]
+    wait_for(lambda: nvim.api.buf_get_extmarks(0, ns, 0, -1, {}), "ghost text after :DiffusionSet")
+    items = nvim.exec_lua("return require('diffusion_ls').state.last_result_items")
+    assert 1 <= len(items) <= 2
+    if len(items) == 2:
+        # <M-]> cycles to the second candidate: the ghost text shows "(2/2)".
+        nvim.input("<M-]>")
+        wait_for(
+            lambda: "(2/2)" in str(nvim.api.buf_get_extmarks(0, ns, 0, -1, {"details": True})),
+            "the second candidate",
+            timeout=5,
+        )
+    nvim.input("<Esc>")
+
+
+def test_completion_menu_fallback(nvim, tmp_path, server_cmd, fast_settings):
+    """inline = false: the Neovim 0.11 path (vim.lsp.completion with autotrigger, menu items)."""
+    start_plugin(nvim, tmp_path, server_cmd, fast_settings, inline=False)
+    assert not nvim.exec_lua("return vim.lsp.inline_completion.is_enabled({ bufnr = 0 })")
+    before = nvim.current.buffer[:]
+    nvim.current.window.cursor = (CURSOR_LINE, 0)
+    nvim.input("A")
+    wait_for(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode", timeout=5)
+    nvim.exec_lua("vim.lsp.completion.get()")
+    wait_for(lambda: nvim.funcs.pumvisible() == 1, "the completion menu", timeout=30)
+    info = nvim.funcs.complete_info(["items", "selected"])
+    print("menu:", [i["word"] for i in info["items"]][:3])
+    assert info["items"], info
+    if info["selected"] == -1:
+        nvim.input("<C-n>")
+    item = info["items"][0]["user_data"]["nvim"]["lsp"]["completion_item"]
+    nvim.input("<Tab>")  # mapped to <C-y> while the menu is open
+    wait_for(lambda: nvim.funcs.pumvisible() == 0, "the menu to close", timeout=5)
+    wait_for(lambda: nvim.current.buffer[:] != before, "the buffer to change after accepting", timeout=10)
+    time.sleep(0.2)  # CompleteDone
+    after = nvim.current.buffer[:]
+    # The whole textEdit is applied: the line from its start holds newText (all its lines).
+    new_lines = item["textEdit"]["newText"].split("\n")
+    expected = before[: CURSOR_LINE - 1] + new_lines[:-1] + [new_lines[-1] + before[CURSOR_LINE - 1][len("    let x = "):]] + before[CURSOR_LINE:]
+    assert after == expected, f"\nitem={item}\nafter={after}\nexpected={expected}"
+    nvim.input("<Esc>")
+
+
+@pytest.mark.parametrize(
+    "line, cursor, new_text, range_end, expected, expected_cursor",
+    [
+        # Multi-line item, closing ")" after the cursor replaced and re-typed at the end.
+        ("    foo()", 8, "    foo(a,\n    b)", 9, ["    foo(a,", "    b)"], (2, 5)),
+        # Single line, nothing after the cursor: complete() already did it all.
+        ("    let x = ", 12, "    let x = 42;", 12, ["    let x = 42;"], None),
+        # Emoji before the cursor: UTF-16 offsets.
+        ('    s("🦀")', 9, '    s("🦀 crab")', 11, ['    s("🦀 crab")'], (1, len('    s("🦀 crab'.encode()))),
+    ],
+    ids=["multiline-with-rest", "single-line", "emoji-rest"],
+)
+def test_complete_done_applies_whole_edit(nvim, line, cursor, new_text, range_end, expected, expected_cursor):
+    """The menu fallback (Neovim 0.11): after complete() inserted the first line of the item, the
+    plugin applies the rest of the textEdit (more lines, replaced closing characters)."""
+    nvim.command(f"set rtp^={PLUGIN}")
+    nvim.current.buffer[:] = ["fn f() {", line, "}"]
+    prefix_units = len(line.encode("utf-16-le")[: 2 * cursor].decode("utf-16-le").encode("utf-16-le")) // 2
+    filter_text = line.encode("utf-16-le")[: 2 * cursor].decode("utf-16-le")
+    word = new_text.split("\n")[0]
+    # What complete() leaves: [0, cursor) replaced by the word.
+    byte_cursor = len(filter_text.encode())
+    nvim.current.buffer[1] = word + line.encode()[byte_cursor:].decode()
+    nvim.current.window.cursor = (2, len(word.encode()))
+    item = {
+        "word": word,
+        "user_data": {
+            "nvim": {
+                "lsp": {
+                    "client_id": -1,
+                    "completion_item": {
+                        "label": word.strip(),
+                        "detail": "diffusion completion",
+                        "filterText": filter_text,
+                        "textEdit": {
+                            "newText": new_text,
+                            "range": {
+                                "start": {"line": 1, "character": 0},
+                                "end": {"line": 1, "character": range_end},
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+    assert prefix_units == cursor
+    nvim.exec_lua("require('diffusion_ls')._complete_done(0, ...)", item)
+    assert nvim.current.buffer[:] == ["fn f() {", *expected, "}"]
+    if expected_cursor:
+        assert tuple(nvim.current.window.cursor) == (1 + expected_cursor[0], expected_cursor[1])

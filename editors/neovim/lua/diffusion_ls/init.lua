@@ -205,11 +205,99 @@ local function map_keys(bufnr)
   end
 end
 
+--- For the completion menu (vim.lsp.completion): the server's items replace the line from its
+--- start (textEdit.newText = line prefix + completion), which vim.lsp.completion would cut at the
+--- first blank. The menu shows and inserts the whole first line instead ...
+local function convert_item(item)
+  if not (item.detail and item.detail:find('diffusion', 1, true) and item.textEdit and item.textEdit.newText) then
+    return {}
+  end
+  return { word = item.textEdit.newText:match('^[^\n]*') }
+end
+
+local function units(text, encoding)
+  if encoding == 'utf-8' then
+    return #text
+  end
+  local utf32, utf16 = vim.str_utfindex(text, 'utf-32'), vim.str_utfindex(text, 'utf-16')
+  return encoding == 'utf-32' and utf32 or utf16
+end
+
+--- ... and once accepted, this completes the edit: the lines after the first, and the closing
+--- characters the item replaced after the cursor (the server re-types them at its end).
+---@param done? table the completed item (default v:completed_item)
+function M._complete_done(bufnr, done)
+  done = done or vim.v.completed_item
+  local lsp_item = type(done) == 'table' and vim.tbl_get(done, 'user_data', 'nvim', 'lsp', 'completion_item')
+  if not lsp_item or not lsp_item.textEdit or vim.tbl_isempty(convert_item(lsp_item)) then
+    return
+  end
+  local client = vim.lsp.get_client_by_id(vim.tbl_get(done, 'user_data', 'nvim', 'lsp', 'client_id') or -1)
+  local encoding = client and client.offset_encoding or 'utf-16'
+  local edit = lsp_item.textEdit
+  local range = edit.range or edit.replace
+  local lines = vim.split(edit.newText, '\n', { plain = true })
+  local row = vim.api.nvim_win_get_cursor(0)[1] - 1
+  if range.start.line ~= row or range['end'].line ~= row then
+    return
+  end
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+  local start = vim.str_byteindex(line, encoding, range.start.character, false)
+  local word = done.word or ''
+  if line:sub(start + 1, start + #word) ~= word then
+    return -- not the text the menu inserted
+  end
+  local after = start + #word
+  -- Characters the item replaces after the original cursor: the server's filterText is the line
+  -- up to the cursor, so the cursor was at units(filterText).
+  local rest = 0
+  if lsp_item.filterText then
+    local cursor_units = range.start.character + units(lsp_item.filterText, encoding)
+    rest = math.max(0, range['end'].character - cursor_units)
+  end
+  local tail = line:sub(after + 1)
+  local rest_bytes = rest > 0 and vim.str_byteindex(tail, encoding, math.min(rest, units(tail, encoding)), false) or 0
+  if #lines == 1 and rest_bytes == 0 then
+    return
+  end
+  local removed = tail:sub(1, rest_bytes)
+  vim.api.nvim_buf_set_text(bufnr, row, start, row, after + rest_bytes, lines)
+  -- The cursor goes before the re-typed closing characters.
+  local last = lines[#lines]
+  local col = #last
+  if removed ~= '' and last:sub(-#removed) == removed then
+    col = col - #removed
+  end
+  vim.api.nvim_win_set_cursor(0, { row + #lines, (#lines == 1 and start or 0) + col })
+end
+
 local function on_attach(client, bufnr)
   if has_inline() and M.config.inline and client:supports_method('textDocument/inlineCompletion') then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
   elseif M.config.completion and vim.lsp.completion and client:supports_method('textDocument/completion') then
-    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true, convert = convert_item })
+    -- A single diffusion candidate must still open the menu, and nothing is inserted until accepted.
+    local ok, opt = pcall(function()
+      return vim.bo[bufnr].completeopt ~= '' and vim.bo[bufnr].completeopt or vim.o.completeopt
+    end)
+    if ok then
+      local want = vim.split(opt, ',', { trimempty = true })
+      for _, o in ipairs({ 'menuone', 'noinsert' }) do
+        if not vim.list_contains(want, o) then
+          table.insert(want, o)
+        end
+      end
+      pcall(function()
+        vim.bo[bufnr].completeopt = table.concat(want, ',')
+      end)
+    end
+    vim.api.nvim_create_autocmd('CompleteDone', {
+      buffer = bufnr,
+      group = vim.api.nvim_create_augroup('diffusion_ls.complete_done.' .. bufnr, { clear = true }),
+      callback = function()
+        M._complete_done(bufnr)
+      end,
+    })
   end
   map_keys(bufnr)
   if M.config.on_attach then
