@@ -1,0 +1,147 @@
+//! One completion, start to finish, without LSP: plan the span, build the context windows, run
+//! the model with the verifier hook, then post-process, re-check and rank the candidates.
+//! Runs on the model thread (server) or the main thread (CLI, eval).
+
+use std::ops::Range;
+use std::time::Instant;
+
+use model::{ContextCache, DiffusionLm, InfillRequest, SamplerParams};
+
+use crate::config::Settings;
+use crate::context::{self, Plan, SpanKind, Target};
+use crate::document::{Snapshot, MAX_SYNTAX_BYTES};
+use crate::engine::CancelToken;
+use crate::verify::{Site, Verifier, MAX_FINAL_RETRIES};
+
+pub struct Request {
+    pub snapshot: Snapshot,
+    pub target: Target,
+    pub settings: Settings,
+    /// Eval's `--oracle-length`: use this span length instead of the syntax-sized one.
+    pub span_len: Option<usize>,
+    pub cancel: CancelToken,
+}
+
+/// One insertion for `Answer::replace`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub text: String,
+    pub mean_logprob: f32,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub span_len: usize,
+    pub context_tokens: usize,
+    pub steps: usize,
+    pub forward_passes: usize,
+    pub checks: usize,
+    pub remasks: usize,
+    pub rejections: usize,
+    pub cancelled: bool,
+    pub encode_ms: f64,
+    pub denoise_ms: f64,
+    pub verify_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub kind: SpanKind,
+    /// Document bytes the items replace (empty at a cursor).
+    pub replace: Range<usize>,
+    /// Best first; empty when nothing survived.
+    pub items: Vec<Item>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    #[error(transparent)]
+    Plan(#[from] context::PlanError),
+    #[error("the document is larger than {MAX_SYNTAX_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+}
+
+pub fn sampler_params(settings: &Settings) -> SamplerParams {
+    SamplerParams {
+        steps: settings.steps,
+        candidates: settings.candidates,
+        temperature: settings.temperature,
+        max_extra_steps: if settings.verify { MAX_FINAL_RETRIES } else { 0 },
+        ..SamplerParams::default()
+    }
+}
+
+/// Runs one request. `cache` holds the context keys/values of the previous request on the
+/// same document (server); `None` computes them afresh (CLI, eval).
+pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache>) -> Result<Answer, CompleteError> {
+    let t0 = Instant::now();
+    let snap = &req.snapshot;
+    if snap.rope.len_bytes() > MAX_SYNTAX_BYTES {
+        return Err(CompleteError::TooLarge);
+    }
+    let count = |s: &str| lm.encode(s).map(|t| t.len()).unwrap_or(s.len() / 3);
+    let mut plan: Plan = context::plan(snap, &req.target, &req.settings, &count)?;
+    if let Some(n) = req.span_len {
+        plan.span_len = n.max(1);
+    }
+    let window = context::window(&snap.rope, &plan.replace, req.settings.context_tokens, &|s| lm.encode(s))?;
+    let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut site = if req.settings.verify { Site::new(snap, plan.replace.clone()) } else { None };
+    let infill = InfillRequest {
+        prefix: window.prefix,
+        suffix: window.suffix,
+        span_len: plan.span_len,
+        params: sampler_params(&req.settings),
+    };
+    let mut hook = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
+    let out = match cache {
+        Some(cache) => lm.infill_with_cache(&infill, &mut hook, cache)?,
+        None => lm.infill(&infill, &mut hook)?,
+    };
+    let vstats = hook.stats;
+    let mut stats = Stats {
+        span_len: plan.span_len,
+        context_tokens: out.stats.context_tokens,
+        steps: out.stats.steps,
+        forward_passes: out.stats.forward_passes,
+        checks: vstats.checks,
+        remasks: vstats.remasked,
+        rejections: vstats.rejected,
+        cancelled: out.stats.cancelled || req.cancel.is_cancelled(),
+        encode_ms: encode_ms + out.stats.encode_ms,
+        denoise_ms: out.stats.denoise_ms,
+        verify_ms: vstats.verify_ms,
+        total_ms: 0.0,
+    };
+    let mut items: Vec<Item> = Vec::new();
+    if !stats.cancelled {
+        for c in out.completions {
+            let Some(text) = plan.finish.apply(&c.text) else { continue };
+            // The final word: whatever the sampler did with our verdicts, never return a
+            // candidate that adds a syntax error.
+            if let Some(site) = site.as_mut() {
+                stats.checks += 1;
+                if !site.new_errors(&text).is_empty() {
+                    stats.rejections += 1;
+                    continue;
+                }
+            }
+            if !items.iter().any(|i| i.text == text) {
+                items.push(Item { text, mean_logprob: c.mean_logprob });
+            }
+        }
+    }
+    items.sort_by(|a, b| b.mean_logprob.total_cmp(&a.mean_logprob));
+    stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(
+        uri = %snap.uri, version = snap.version, kind = ?plan.kind, span = stats.span_len,
+        items = items.len(), checks = stats.checks, remasks = stats.remasks,
+        rejections = stats.rejections, cancelled = stats.cancelled, ms = stats.total_ms,
+        "completion"
+    );
+    Ok(Answer { kind: plan.kind, replace: plan.replace, items, stats })
+}

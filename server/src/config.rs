@@ -1,0 +1,121 @@
+//! User settings, read from `initializationOptions` and `workspace/didChangeConfiguration`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// All settings; every field has a default so `{}` (or nothing) is a valid configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Settings {
+    /// HF-format model folder; `None` loads the embedded default model.
+    pub model: Option<PathBuf>,
+    /// Refinement steps.
+    pub steps: usize,
+    /// Upper bound on masked positions for any request.
+    pub max_span_tokens: usize,
+    /// Candidates decoded together; each surviving one becomes an item.
+    pub candidates: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Prefix + suffix budget in tokens.
+    pub context_tokens: usize,
+    /// Check candidates with tree-sitter between steps.
+    pub verify: bool,
+    /// Wait this long for a newer request before starting the model.
+    pub debounce_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: None,
+            steps: 8,
+            max_span_tokens: 256,
+            candidates: 1,
+            temperature: 0.0,
+            context_tokens: 1024,
+            verify: true,
+            debounce_ms: 30,
+        }
+    }
+}
+
+/// Keys under which clients nest our settings in `didChangeConfiguration` payloads.
+const SECTIONS: [&str; 3] = ["diffusion-ls", "diffusionLs", "diffusion_ls"];
+
+impl Settings {
+    /// Applies the keys present in `value` on top of `self`, leaving the others as they are.
+    /// Accepts the settings object itself or one nested under a section name.
+    pub fn merged(&self, value: &Value) -> Result<Settings, serde_json::Error> {
+        let incoming = SECTIONS.iter().find_map(|k| value.get(k)).unwrap_or(value);
+        let Value::Object(incoming) = incoming else {
+            return Ok(self.clone());
+        };
+        let mut current = serde_json::to_value(SettingsOut::from(self))?;
+        if let Value::Object(map) = &mut current {
+            for (k, v) in incoming {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        let mut s: Settings = serde_json::from_value(current)?;
+        s.clamp();
+        Ok(s)
+    }
+
+    fn clamp(&mut self) {
+        self.steps = self.steps.clamp(1, 256);
+        self.max_span_tokens = self.max_span_tokens.clamp(1, 2048);
+        self.candidates = self.candidates.clamp(1, 16);
+        self.temperature = if self.temperature.is_finite() { self.temperature.clamp(0.0, 4.0) } else { 0.0 };
+        self.context_tokens = self.context_tokens.clamp(16, 16_384);
+        self.debounce_ms = self.debounce_ms.min(5_000);
+    }
+}
+
+/// Serialisable mirror used for merging (keeps `Settings` itself deserialise-only).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SettingsOut<'a> {
+    model: &'a Option<PathBuf>,
+    steps: usize,
+    max_span_tokens: usize,
+    candidates: usize,
+    temperature: f32,
+    context_tokens: usize,
+    verify: bool,
+    debounce_ms: u64,
+}
+
+impl<'a> From<&'a Settings> for SettingsOut<'a> {
+    fn from(s: &'a Settings) -> Self {
+        SettingsOut {
+            model: &s.model,
+            steps: s.steps,
+            max_span_tokens: s.max_span_tokens,
+            candidates: s.candidates,
+            temperature: s.temperature,
+            context_tokens: s.context_tokens,
+            verify: s.verify,
+            debounce_ms: s.debounce_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merges_partial_and_nested() {
+        let s = Settings::default().merged(&json!({"steps": 4, "verify": false})).unwrap();
+        assert_eq!((s.steps, s.verify, s.context_tokens), (4, false, 1024));
+        let s = s.merged(&json!({"diffusion-ls": {"candidates": 3}})).unwrap();
+        assert_eq!((s.steps, s.candidates), (4, 3));
+        assert!(s.merged(&json!({"steps": "many"})).is_err());
+        assert_eq!(s.merged(&json!({"steps": 0})).unwrap().steps, 1);
+        assert_eq!(s.merged(&Value::Null).unwrap(), s);
+    }
+}

@@ -1,0 +1,367 @@
+//! Decides what the model sees and fills: the masked span (kind and size, from syntax), the
+//! prefix/suffix token windows, and the rules that turn raw model text into an insertion.
+//!
+//! Everything here is plain text and token arithmetic so the CLI, eval and the server share it.
+
+use std::ops::Range;
+
+use ropey::Rope;
+
+use crate::config::Settings;
+use crate::document::Snapshot;
+use crate::syntax;
+
+/// Tokens for a completion that finishes the current line.
+pub const LINE_SPAN_TOKENS: usize = 24;
+/// Tokens for a completion that opens a new block body.
+pub const BLOCK_SPAN_TOKENS: usize = 64;
+/// Text is read around the cursor in byte windows this many times the token budget, which
+/// holds more than enough tokens (code averages ~3 bytes per token) without tokenizing a file.
+const BYTES_PER_TOKEN_WINDOW: usize = 8;
+
+/// What the user asked to fill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Complete at a byte offset.
+    Cursor(usize),
+    /// Replace the selected bytes.
+    Selection(Range<usize>),
+    /// Replace the body of the function around a byte offset.
+    Function(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    /// Rest of the current line.
+    Line,
+    /// A new block body, after `{` or inside an empty block.
+    Block,
+    Selection,
+    Function,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the cursor is not inside a function with a `{{ }}` body")]
+    NoFunction,
+    #[error("no syntax tree for this document (unknown language or file too large)")]
+    NoSyntax,
+    #[error("offset {0} is outside the document")]
+    OutOfRange(usize),
+}
+
+/// The masked span and how to post-process its text.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub kind: SpanKind,
+    /// Bytes of the document the completion replaces (empty at a cursor).
+    pub replace: Range<usize>,
+    /// Masked positions given to the model.
+    pub span_len: usize,
+    pub finish: Finish,
+}
+
+pub fn plan(
+    snap: &Snapshot,
+    target: &Target,
+    settings: &Settings,
+    count_tokens: &dyn Fn(&str) -> usize,
+) -> Result<Plan, PlanError> {
+    let rope = &snap.rope;
+    let len = rope.len_bytes();
+    let (kind, replace) = match target {
+        Target::Cursor(at) => {
+            let at = check(rope, *at)?;
+            (cursor_kind(rope, at), at..at)
+        }
+        Target::Selection(r) => (SpanKind::Selection, check(rope, r.start)?..check(rope, r.end)?),
+        Target::Function(at) => {
+            let at = check(rope, *at)?;
+            let (Some(tree), Some(grammar)) = (&snap.tree, snap.grammar) else {
+                return Err(PlanError::NoSyntax);
+            };
+            (SpanKind::Function, syntax::function_body(tree, grammar, at).ok_or(PlanError::NoFunction)?)
+        }
+    };
+    debug_assert!(replace.end <= len);
+    let max = settings.max_span_tokens.max(1);
+    let span_len = match kind {
+        SpanKind::Line => LINE_SPAN_TOKENS,
+        SpanKind::Block => BLOCK_SPAN_TOKENS,
+        SpanKind::Selection | SpanKind::Function => {
+            let n = count_tokens(&rope.byte_slice(replace.clone()).to_string());
+            // Slack lets the rewrite be a little longer than the original; +1 for the end token.
+            n + (n / 4).max(4) + 1
+        }
+    }
+    .min(max);
+    let finish = Finish::new(rope, &replace, kind == SpanKind::Line);
+    Ok(Plan { kind, replace, span_len, finish })
+}
+
+fn check(rope: &Rope, at: usize) -> Result<usize, PlanError> {
+    if at > rope.len_bytes() || !rope.try_byte_to_char(at).is_ok_and(|c| rope.char_to_byte(c) == at) {
+        return Err(PlanError::OutOfRange(at));
+    }
+    Ok(at)
+}
+
+/// Characters an editor auto-inserts after the cursor; a line rest made only of these does not
+/// stop a completion from ending the line (or opening a block).
+pub fn is_closing(c: char) -> bool {
+    matches!(c, ')' | ']' | '}' | '>' | '"' | '\'' | '`' | ';' | ',')
+}
+
+/// The current line split at byte `at`: (text before, text after without the line break).
+fn line_around(rope: &Rope, at: usize) -> (String, String) {
+    let line = rope.byte_to_line(at);
+    let start = rope.line_to_byte(line);
+    let end = if line + 1 < rope.len_lines() { rope.line_to_byte(line + 1) } else { rope.len_bytes() };
+    let before = rope.byte_slice(start..at).to_string();
+    let after = rope.byte_slice(at..end).to_string();
+    (before, after.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Span kind at a cursor: a block after `{` (or inside an empty block on a blank line), else
+/// the rest of the line.
+pub fn cursor_kind(rope: &Rope, at: usize) -> SpanKind {
+    let (before, after) = line_around(rope, at);
+    if !after.chars().all(|c| is_closing(c) || c.is_whitespace()) {
+        return SpanKind::Line;
+    }
+    if before.trim_end().ends_with('{') {
+        return SpanKind::Block;
+    }
+    if before.trim().is_empty() {
+        let prev = rope.byte_slice(..at).chars_at(rope.byte_to_char(at)).reversed().find(|c| !c.is_whitespace());
+        let next = rope.byte_slice(at..).chars().find(|c| !c.is_whitespace());
+        if prev == Some('{') && next == Some('}') {
+            return SpanKind::Block;
+        }
+    }
+    SpanKind::Line
+}
+
+/// Turns raw model text into the text to insert. Applied at every refinement step too, so the
+/// verifier checks exactly what would be inserted.
+#[derive(Clone, Debug, Default)]
+pub struct Finish {
+    /// Cut at the first line break.
+    pub single_line: bool,
+    /// Document text right after the replaced range (at most [`SUFFIX_HEAD_BYTES`]).
+    pub suffix_head: String,
+    /// First line after the replaced range with more than closing characters, trimmed: a
+    /// completion that reaches a copy of it has started repeating the suffix.
+    pub next_line: Option<String>,
+}
+
+const SUFFIX_HEAD_BYTES: usize = 256;
+
+impl Finish {
+    pub fn new(rope: &Rope, replace: &Range<usize>, single_line: bool) -> Finish {
+        let end = rope.byte_to_char(replace.end);
+        let head: String = rope.chars_at(end).take(SUFFIX_HEAD_BYTES / 2).collect();
+        let next_line = rope
+            .chars_at(end)
+            .take(4096)
+            .collect::<String>()
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.chars().all(|c| is_closing(c) || matches!(c, '{' | '(' | '[')))
+            .filter(|l| l.len() >= 3)
+            .map(str::to_string);
+        Finish { single_line, suffix_head: head, next_line }
+    }
+
+    /// Length of the prefix of `text` that is kept: cut at a line break (single-line spans), cut
+    /// before a line repeating the suffix, and drop a tail that duplicates what follows the span.
+    pub fn keep_len(&self, text: &str) -> usize {
+        let mut n = text.len();
+        if self.single_line {
+            n = text.find(['\n', '\r']).unwrap_or(n);
+        }
+        if let Some(next) = &self.next_line {
+            let mut line_start = 0;
+            for line in text[..n].split_inclusive('\n') {
+                if line.trim() == next.as_str() {
+                    n = text[..line_start].trim_end().len();
+                    break;
+                }
+                line_start += line.len();
+            }
+        }
+        n - overlap_to_trim(&text[..n], &self.suffix_head)
+    }
+
+    /// The insertion for `text`, or `None` when nothing but whitespace remains.
+    pub fn apply(&self, text: &str) -> Option<String> {
+        let kept = &text[..self.keep_len(text)];
+        (!kept.trim().is_empty()).then(|| kept.to_string())
+    }
+}
+
+fn opener_of(c: char) -> Option<char> {
+    match c {
+        ')' => Some('('),
+        ']' => Some('['),
+        '}' => Some('{'),
+        _ => None,
+    }
+}
+
+/// Closing brackets of `text` with no opener in `text`.
+fn unmatched_closers(text: &str) -> usize {
+    let mut stack = Vec::new();
+    let mut unmatched = 0;
+    for c in text.chars() {
+        match c {
+            '(' | '[' | '{' => stack.push(c),
+            _ => {
+                if let Some(open) = opener_of(c) {
+                    if stack.last() == Some(&open) {
+                        stack.pop();
+                    } else {
+                        unmatched += 1;
+                    }
+                }
+            }
+        }
+    }
+    unmatched
+}
+
+/// Bytes at the end of `text` that repeat the start of `suffix` and should not be inserted.
+///
+/// A tail of closing characters is dropped only when the completion has that many unmatched
+/// closers (`foo(x));` before `);` loses `);`, but `foo(x)` before `)` keeps its `)`); a quote
+/// only when the completion has an odd number of them; a tail with other code only when it is
+/// long enough to be a real echo of the suffix.
+pub fn overlap_to_trim(text: &str, suffix: &str) -> usize {
+    let max = text.len().min(suffix.len());
+    for k in (1..=max).rev() {
+        if !suffix.is_char_boundary(k) || !text.ends_with(&suffix[..k]) {
+            continue;
+        }
+        let tail = &suffix[..k];
+        if tail.trim().is_empty() {
+            continue;
+        }
+        let punct_only = tail.chars().all(|c| is_closing(c) || c.is_whitespace());
+        if !punct_only {
+            if tail.trim().len() >= 6 {
+                return k;
+            }
+            continue;
+        }
+        let closers = tail.chars().filter(|&c| opener_of(c).is_some()).count();
+        let quotes_ok = ['"', '\'', '`']
+            .iter()
+            .all(|q| !tail.contains(*q) || text.matches(*q).count() % 2 == 1);
+        if closers <= unmatched_closers(text) && quotes_ok {
+            return k;
+        }
+    }
+    0
+}
+
+/// Token windows on both sides of the span.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+}
+
+/// Builds the prefix/suffix windows within `budget` tokens: 3/4 for the prefix and 1/4 for the
+/// suffix, the share one side cannot use going to the other.
+pub fn window<E>(
+    rope: &Rope,
+    replace: &Range<usize>,
+    budget: usize,
+    encode: &dyn Fn(&str) -> Result<Vec<u32>, E>,
+) -> Result<Window, E> {
+    let bytes = budget * BYTES_PER_TOKEN_WINDOW;
+    let len = rope.len_bytes();
+    // Whole lines only, so the window's first token is not a fragment of a word.
+    let from = replace.start.saturating_sub(bytes);
+    let from_line = rope.byte_to_line(from);
+    let mut from = rope.line_to_byte(from_line);
+    if from < replace.start.saturating_sub(bytes) {
+        from = rope.line_to_byte((from_line + 1).min(rope.len_lines() - 1)).min(replace.start);
+    }
+    let to = (replace.end + bytes).min(len);
+    let to_line = rope.byte_to_line(to);
+    let to = if to == len { len } else { rope.line_to_byte(to_line).max(replace.end) };
+    let prefix = encode(&rope.byte_slice(from..replace.start).to_string())?;
+    let suffix = encode(&rope.byte_slice(replace.end..to).to_string())?;
+    let prefix_budget = budget * 3 / 4;
+    let suffix_budget = budget - prefix_budget;
+    let s_take = suffix.len().min(suffix_budget + prefix_budget.saturating_sub(prefix.len()));
+    let p_take = prefix.len().min(budget - s_take);
+    Ok(Window { prefix: prefix[prefix.len() - p_take..].to_vec(), suffix: suffix[..s_take].to_vec() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(src: &str) -> (Rope, usize) {
+        let i = src.find("$0").unwrap();
+        (Rope::from_str(&src.replace("$0", "")), i)
+    }
+
+    #[test]
+    fn span_kinds() {
+        let cases = [
+            ("fn f() {\n    let x = foo($0);\n}\n", SpanKind::Line),
+            ("fn f() {\n    let x = $0\n}\n", SpanKind::Line),
+            ("fn f() {\n    let x = 1;\n    $0\n    g();\n}\n", SpanKind::Line),
+            ("fn f() {$0}\n", SpanKind::Block),
+            ("fn f() {\n    if x {$0\n}\n", SpanKind::Block),
+            ("fn f() {\n    $0\n}\n", SpanKind::Block),
+            ("fn f() {\n    while x { $0 }\n}\n", SpanKind::Block),
+            ("fn f() { x$0 }\n", SpanKind::Line),
+        ];
+        for (src, want) in cases {
+            let (rope, i) = at(src);
+            assert_eq!(cursor_kind(&rope, i), want, "{src:?}");
+        }
+    }
+
+    fn finish(suffix: &str, single_line: bool) -> Finish {
+        let rope = Rope::from_str(suffix);
+        Finish::new(&rope, &(0..0), single_line)
+    }
+
+    #[test]
+    fn trims_overlap_only_when_surplus() {
+        assert_eq!(finish(");\n}", true).apply("foo(x));").as_deref(), Some("foo(x)"));
+        assert_eq!(finish(")\n", true).apply("foo(x)").as_deref(), Some("foo(x)"));
+        assert_eq!(finish(";\n", true).apply("foo();").as_deref(), Some("foo()"));
+        assert_eq!(finish("\"\n", true).apply("abc\"").as_deref(), Some("abc"));
+        assert_eq!(finish("}\n", false).apply("\n    x();\n}").as_deref(), Some("\n    x();\n"));
+        assert_eq!(finish("\n", true).apply("a\nb").as_deref(), Some("a"));
+        assert_eq!(finish("\n", true).apply("   \nb"), None);
+    }
+
+    #[test]
+    fn stops_at_suffix_repeat() {
+        let f = finish("\n    r.assert_no_errors();\n}\n", false);
+        assert_eq!(f.apply("let r = run();\n    r.assert_no_errors();\n").as_deref(), Some("let r = run();"));
+        assert_eq!(f.apply("r.assert_no_errors();"), None);
+    }
+
+    #[test]
+    fn windows_share_budget() {
+        let text = "a\n".repeat(100);
+        let rope = Rope::from_str(&text);
+        let enc = |s: &str| Ok::<_, ()>(s.bytes().map(u32::from).collect::<Vec<_>>());
+        let w = window(&rope, &(20..20), 40, &enc).unwrap();
+        assert_eq!(w.prefix.len(), 20);
+        assert_eq!(w.suffix.len(), 20);
+        let w = window(&rope, &(190..190), 40, &enc).unwrap();
+        assert_eq!((w.prefix.len(), w.suffix.len()), (30, 10));
+        let w = window(&rope, &(196..200), 40, &enc).unwrap();
+        assert_eq!((w.prefix.len(), w.suffix.len()), (40, 0));
+    }
+}

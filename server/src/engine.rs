@@ -1,0 +1,235 @@
+//! The model worker: one dedicated thread owns the model, takes jobs from a bounded queue and
+//! never lets a panic escape. The async side only ever awaits a oneshot reply.
+//!
+//! Why a thread and not `spawn_blocking`: the model is CPU-bound and single-instance; one
+//! owner thread gives a natural FIFO, keeps its caches warm, and leaves the message loop's
+//! threads free. Future K/V reuse across keystrokes lives here, next to the model.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use model::{ContextCache, DiffusionLm};
+use tokio::sync::{oneshot, watch};
+
+/// Jobs waiting for the model; more than this and new requests get no answer instead of a
+/// growing backlog (superseded jobs leave the queue quickly, see [`Engine::run`]).
+const QUEUE: usize = 8;
+
+/// Set once, read between refinement steps (and before a job starts).
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Whether both handles belong to the same request.
+    pub fn same(&self, other: &CancelToken) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Where the model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    Default,
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    pub fn from_option(dir: Option<PathBuf>) -> Self {
+        dir.map_or(ModelSource::Default, ModelSource::Dir)
+    }
+
+    pub fn load(&self) -> Result<DiffusionLm, model::ModelError> {
+        match self {
+            ModelSource::Default => DiffusionLm::load_default(),
+            ModelSource::Dir(dir) => DiffusionLm::load_dir(dir),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelStatus {
+    /// Nothing asked for yet.
+    Idle,
+    Loading(ModelSource),
+    /// Loaded: `describe()` of the model.
+    Ready(String),
+    /// Failed to load: the reason, shown to the user.
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no model: {0}")]
+    NoModel(String),
+    #[error("the model queue is full")]
+    Busy,
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the model panicked: {0}")]
+    Panicked(String),
+    #[error("the model worker has stopped")]
+    Stopped,
+}
+
+type Job = Box<dyn FnOnce(&DiffusionLm, &mut Caches) + Send>;
+
+/// Documents whose context keys/values are kept between requests.
+const CACHED_DOCUMENTS: usize = 4;
+
+/// Context K/V caches of the most recently completed documents, owned by the model thread, so
+/// a keystroke recomputes only the context tokens near the edit.
+#[derive(Default)]
+pub struct Caches {
+    entries: Vec<(String, ContextCache)>,
+}
+
+impl Caches {
+    /// The cache of `uri`, created (evicting the least recently used) if needed.
+    pub fn for_document(&mut self, uri: &str) -> &mut ContextCache {
+        let i = match self.entries.iter().position(|(u, _)| u == uri) {
+            Some(i) => i,
+            None => {
+                if self.entries.len() >= CACHED_DOCUMENTS {
+                    self.entries.remove(0);
+                }
+                self.entries.push((uri.to_string(), ContextCache::default()));
+                self.entries.len() - 1
+            }
+        };
+        let entry = self.entries.remove(i);
+        self.entries.push(entry);
+        &mut self.entries.last_mut().expect("just pushed").1
+    }
+}
+
+enum Msg {
+    Load(ModelSource),
+    Run(Job),
+}
+
+/// Handle to the worker thread; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Msg>,
+    status: watch::Receiver<ModelStatus>,
+}
+
+impl Engine {
+    pub fn start() -> Engine {
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        let (status_tx, status) = watch::channel(ModelStatus::Idle);
+        let spawned = std::thread::Builder::new().name("diffusion-model".into()).spawn(move || {
+            let mut lm: Option<DiffusionLm> = None;
+            let mut caches = Caches::default();
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    Msg::Load(source) => {
+                        status_tx.send_replace(ModelStatus::Loading(source.clone()));
+                        let t0 = Instant::now();
+                        lm = None;
+                        caches = Caches::default();
+                        let status = match catch_unwind(AssertUnwindSafe(|| source.load())) {
+                            Ok(Ok(m)) => {
+                                let d = m.describe();
+                                tracing::info!(model = %d, ms = t0.elapsed().as_millis() as u64, "model loaded");
+                                lm = Some(m);
+                                ModelStatus::Ready(d)
+                            }
+                            Ok(Err(e)) => ModelStatus::Failed(format!("{source:?}: {e}")),
+                            Err(p) => ModelStatus::Failed(format!("{source:?}: panic: {}", panic_message(&*p))),
+                        };
+                        if let ModelStatus::Failed(reason) = &status {
+                            tracing::error!(%reason, "model failed to load");
+                        }
+                        status_tx.send_replace(status);
+                    }
+                    // A job without a model is dropped; its caller sees `Cancelled`/`NoModel`.
+                    Msg::Run(job) => {
+                        if let Some(m) = &lm {
+                            job(m, &mut caches);
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the model thread: {e}");
+        }
+        Engine { tx, status }
+    }
+
+    /// Starts (re)loading the model; status goes Loading → Ready/Failed.
+    pub fn load(&self, source: ModelSource) {
+        // The queue may be full of jobs; a load must not be lost, and this runs off the loop.
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Msg::Load(source));
+        });
+    }
+
+    pub fn status(&self) -> watch::Receiver<ModelStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until no load is pending, then returns the model description or why there is none.
+    pub async fn ready(&self) -> Result<String, EngineError> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(|s| matches!(s, ModelStatus::Ready(_) | ModelStatus::Failed(_)))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        match &*status {
+            ModelStatus::Ready(d) => Ok(d.clone()),
+            ModelStatus::Failed(r) => Err(EngineError::NoModel(r.clone())),
+            _ => unreachable!("wait_for only returns Ready or Failed"),
+        }
+    }
+
+    /// Runs `f` on the model thread. Never blocks: a full queue is `Busy`. A job whose token is
+    /// cancelled before it starts is skipped; a panic inside `f` becomes `Panicked`.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        cancel: CancelToken,
+        f: impl FnOnce(&DiffusionLm, &mut Caches) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        self.ready().await?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |lm, caches| {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let r = catch_unwind(AssertUnwindSafe(|| f(lm, caches))).map_err(|p| panic_message(&*p));
+            let _ = reply.send(r);
+        });
+        match self.tx.try_send(Msg::Run(job)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EngineError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Stopped),
+        }
+        match answer.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(msg)) => Err(EngineError::Panicked(msg)),
+            Err(_) => Err(EngineError::Cancelled),
+        }
+    }
+}
+
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

@@ -1,0 +1,283 @@
+//! `diffusion-ls eval`: fill-in-the-middle cases (see /work/shared/eval/README.md) through the
+//! same pipeline as the server, with accuracy, parse rate, latency and verifier counters.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::complete::{self, Request};
+use crate::config::Settings;
+use crate::context::Target;
+use crate::document::Snapshot;
+use crate::engine::{CancelToken, ModelSource};
+use crate::language;
+use crate::verify::Site;
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// JSONL file of cases: id, lang, kind, prefix, middle, suffix.
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// Stop after this many cases (after the kind filter).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these kinds, comma separated (line,expr,span,block,body).
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Option<Vec<String>>,
+    /// Turn the tree-sitter check off.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Span length = tokens of the reference middle + 1 (end token), not the syntax-sized one.
+    #[arg(long)]
+    pub oracle_length: bool,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    #[arg(long)]
+    pub context_tokens: Option<usize>,
+    /// HF-format model folder (default: the embedded model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Write one JSON line per case here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    id: String,
+    #[serde(default = "rust")]
+    lang: String,
+    kind: String,
+    prefix: String,
+    middle: String,
+    suffix: String,
+}
+
+fn rust() -> String {
+    "rust".into()
+}
+
+#[derive(serde::Serialize)]
+struct CaseResult<'a> {
+    id: &'a str,
+    kind: &'a str,
+    completion: &'a str,
+    middle: &'a str,
+    exact: bool,
+    em: bool,
+    es: f64,
+    parses: Option<bool>,
+    empty: bool,
+    latency_ms: f64,
+    stats: &'a complete::Stats,
+}
+
+#[derive(Default)]
+struct Tally {
+    n: usize,
+    exact: usize,
+    em: usize,
+    es: f64,
+    returned: usize,
+    parses: usize,
+    latencies: Vec<f64>,
+    remasks: usize,
+    rejections: usize,
+    checks: usize,
+}
+
+impl Tally {
+    fn add(&mut self, r: &CaseResult<'_>) {
+        self.n += 1;
+        self.exact += r.exact as usize;
+        self.em += r.em as usize;
+        self.es += r.es;
+        if !r.empty {
+            self.returned += 1;
+            self.parses += r.parses.unwrap_or(false) as usize;
+        }
+        self.latencies.push(r.latency_ms);
+        self.remasks += r.stats.remasks;
+        self.rejections += r.stats.rejections;
+        self.checks += r.stats.checks;
+    }
+
+    fn pct(a: usize, b: usize) -> f64 {
+        if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 }
+    }
+
+    fn percentile(&self, q: f64) -> f64 {
+        let mut v = self.latencies.clone();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+
+    fn es_pct(&self) -> f64 {
+        if self.n == 0 { 0.0 } else { 100.0 * self.es / self.n as f64 }
+    }
+}
+
+/// Edit similarity: 1 - levenshtein / max length, over chars (1 when both are empty).
+pub fn edit_similarity(a: &str, b: &str) -> f64 {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let max = a.len().max(b.len());
+    if max == 0 {
+        return 1.0;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    1.0 - prev[b.len()] as f64 / max as f64
+}
+
+fn squash(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&args.cases).with_context(|| format!("opening {}", args.cases.display()))?;
+    let mut cases = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let case: Case = serde_json::from_str(&line).with_context(|| format!("{}:{}", args.cases.display(), i + 1))?;
+        if args.kinds.as_ref().is_some_and(|k| !k.contains(&case.kind)) {
+            continue;
+        }
+        cases.push(case);
+        if args.limit.is_some_and(|l| cases.len() >= l) {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    let lm = ModelSource::from_option(args.model.clone()).load().context("loading the model")?;
+    eprintln!("eval: {} loaded in {:.0} ms, {} cases", lm.describe(), t0.elapsed().as_secs_f64() * 1e3, cases.len());
+    let mut settings = Settings::default();
+    settings.steps = args.steps.unwrap_or(settings.steps);
+    settings.candidates = args.candidates.unwrap_or(settings.candidates);
+    settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
+    settings.verify = !args.no_verify;
+    let mut out = match &args.out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut kinds: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut all = Tally::default();
+    for case in &cases {
+        let grammar = language::by_language_id(&case.lang);
+        let text = format!("{}{}", case.prefix, case.suffix);
+        let at = case.prefix.len();
+        let snapshot = Snapshot::from_text(&format!("eval:{}", case.id), grammar, &text);
+        let span_len = if args.oracle_length { Some(lm.encode(&case.middle)?.len() + 1) } else { None };
+        let req = Request {
+            snapshot: snapshot.clone(),
+            target: Target::Cursor(at),
+            settings: settings.clone(),
+            span_len,
+            cancel: CancelToken::default(),
+        };
+        let t = Instant::now();
+        let answer = complete::complete(&lm, &req, None);
+        let latency_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (completion, stats) = match answer {
+            Ok(a) => (a.items.first().map(|i| i.text.clone()).unwrap_or_default(), a.stats),
+            Err(e) => {
+                eprintln!("eval: {}: {e}", case.id);
+                (String::new(), complete::Stats::default())
+            }
+        };
+        let empty = completion.trim().is_empty();
+        let parses = (!empty).then(|| Site::new(&snapshot, at..at).is_some_and(|mut s| s.parses_cleanly(&completion)));
+        let r = CaseResult {
+            id: &case.id,
+            kind: &case.kind,
+            completion: &completion,
+            middle: &case.middle,
+            exact: completion == case.middle,
+            em: squash(&completion) == squash(&case.middle),
+            es: edit_similarity(&completion, &case.middle),
+            parses,
+            empty,
+            latency_ms,
+            stats: &stats,
+        };
+        kinds.entry(case.kind.clone()).or_default().add(&r);
+        all.add(&r);
+        if let Some(o) = &mut out {
+            serde_json::to_writer(&mut *o, &r)?;
+            writeln!(o)?;
+        }
+    }
+    if let Some(o) = &mut out {
+        o.flush()?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "kind", "n", "exact%", "EM%", "ES%", "parse%", "empty%", "p50ms", "p95ms", "checks", "remasks", "rejects"
+    )?;
+    for (kind, t) in kinds.iter().chain(std::iter::once((&"all".to_string(), &all))) {
+        writeln!(
+            stdout,
+            "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2}",
+            kind,
+            t.n,
+            Tally::pct(t.exact, t.n),
+            Tally::pct(t.em, t.n),
+            t.es_pct(),
+            Tally::pct(t.parses, t.returned),
+            Tally::pct(t.n - t.returned, t.n),
+            t.percentile(0.5),
+            t.percentile(0.95),
+            t.checks as f64 / t.n.max(1) as f64,
+            t.remasks as f64 / t.n.max(1) as f64,
+            t.rejections as f64 / t.n.max(1) as f64,
+        )?;
+    }
+    writeln!(
+        stdout,
+        "eval: {} cases, EM={:.1}%, ES={:.1}%, parse={:.1}%, empty={:.1}%, p50={:.0}ms, p95={:.0}ms",
+        all.n,
+        Tally::pct(all.em, all.n),
+        all.es_pct(),
+        Tally::pct(all.parses, all.returned),
+        Tally::pct(all.n - all.returned, all.n),
+        all.percentile(0.5),
+        all.percentile(0.95),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similarity() {
+        assert_eq!(edit_similarity("", ""), 1.0);
+        assert_eq!(edit_similarity("abc", "abc"), 1.0);
+        assert_eq!(edit_similarity("abc", ""), 0.0);
+        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
+        assert_eq!(squash(" a b\n"), "ab");
+    }
+}
