@@ -181,6 +181,18 @@ export function editCommandArgs(uri: string, version: number | undefined, range:
   return args;
 }
 
+/** A message when a fill / rewrite command changed nothing (`{ applied: false, reason }`), else undefined. */
+export function commandOutcome(result: unknown): string | undefined {
+  if (!result || typeof result !== 'object') {
+    return undefined;
+  }
+  const r = result as { applied?: unknown; reason?: unknown };
+  if (r.applied === false) {
+    return typeof r.reason === 'string' && r.reason !== '' ? `nothing changed (${r.reason})` : 'nothing changed';
+  }
+  return undefined;
+}
+
 /** Model description from the server's status answer (`Ready("qwen2 (…)")` → `qwen2 (…)`). */
 export function describeModel(status: StatusResult | undefined | null): string | undefined {
   if (!status || typeof status.model !== 'string' || status.model === '') {

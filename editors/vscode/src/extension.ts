@@ -13,6 +13,7 @@ import {
   State,
 } from 'vscode-languageclient/node';
 import {
+  commandOutcome,
   countItems,
   describeModel,
   didChangeConfigurationParams,
@@ -90,7 +91,7 @@ function createClient(): LanguageClient {
   const args = settings().get<string[]>('serverArgs') ?? [];
   const serverOptions: LspServerOptions = {
     run: { command, args },
-    debug: { command, args, options: { env: { ...process.env, RUST_LOG: 'debug' } } },
+    debug: { command, args, options: { env: { ...process.env, DIFFUSION_LS_LOG: 'debug' } } },
   };
   const langs = languages();
   void vscode.commands.executeCommand('setContext', 'diffusionLs.languages', langs);
@@ -236,10 +237,15 @@ async function runEditCommand(which: 'fillSelection' | 'rewriteFunction'): Promi
     async () => {
       const t0 = performance.now();
       try {
-        // The server answers after it has applied the edit through workspace/applyEdit.
-        await client!.sendRequest(ExecuteCommandRequest.type, { command, arguments: [args] });
+        // The server answers after it has applied the edit through workspace/applyEdit:
+        // `{ applied: true }`, or `{ applied: false, reason }`.
+        const result = await client!.sendRequest(ExecuteCommandRequest.type, { command, arguments: [args] });
         view.lastLatencyMs = performance.now() - t0;
         renderStatus();
+        const outcome = commandOutcome(result);
+        if (outcome) {
+          void vscode.window.showInformationMessage(`${title}: ${outcome}`);
+        }
       } catch (e) {
         void vscode.window.showErrorMessage(`${title} failed: ${e instanceof Error ? e.message : String(e)}`);
       }

@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import {
+  commandOutcome,
   countItems,
   describeModel,
   SERVER_COMMANDS,
@@ -187,4 +188,11 @@ test('the server command ids match server/src/lsp.rs when it is there', () => {
     assert.ok(src.includes(`"${id}"`), `${id} not in server/src/lsp.rs`);
   }
   assert.ok(src.includes('"diffusionLs/status"'));
+});
+
+test('command outcome: silent when applied, says why when not', () => {
+  assert.equal(commandOutcome({ applied: true }), undefined);
+  assert.equal(commandOutcome(null), undefined);
+  assert.equal(commandOutcome({ applied: false, reason: 'the document changed' }), 'nothing changed (the document changed)');
+  assert.equal(commandOutcome({ applied: false }), 'nothing changed');
 });
