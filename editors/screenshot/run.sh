@@ -16,9 +16,22 @@ PORT="${PORT:-8765}"
 mkdir -p "$WORK"
 BIN="$(realpath "$BIN")"
 
-command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+# Debian packages: the browser, and what code-server's native modules build against (its npm
+# postinstall compiles them; node-gyp takes Node's headers from /usr/include/node).
+need=()
+for p in chromium libkrb5-dev libxkbfile-dev libsecret-1-dev pkg-config ripgrep build-essential python3; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [[ ${#need[@]} -gt 0 ]]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
 if [[ ! -x "$WORK/node_modules/.bin/code-server" ]]; then
-  (cd "$WORK" && npm init -y >/dev/null && npm install --no-audit --no-fund code-server@4.100.3 playwright-core@1)
+  # @vscode/ripgrep's postinstall downloads rg from GitHub; give it Debian's from its cache instead.
+  rgcache="$(node -p 'require("os").tmpdir()')/vscode-ripgrep-cache-1.15.11"
+  mkdir -p "$rgcache" "$WORK/rg"
+  cp "$(command -v rg)" "$WORK/rg/rg"
+  tar czf "$rgcache/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz" -C "$WORK/rg" rg
+  (cd "$WORK" && npm init -y >/dev/null &&
+    npm_config_unsafe_perm=true npm_config_nodedir=/usr \
+      npm install --no-audit --no-fund --foreground-scripts code-server@4.100.3 playwright-core@1)
 fi
 
 # The extension, packaged and installed into a private extensions folder.
