@@ -56,6 +56,9 @@ pub struct SamplerParams {
     pub cache_refresh: usize,
     /// Steps allowed beyond `steps` when the hook remasks positions at the end.
     pub max_extra_steps: usize,
+    /// The end-of-infill token is never proposed before this position, so a completion has at
+    /// least this many tokens (1 by default: an empty completion is no completion).
+    pub min_tokens: usize,
 }
 
 impl Default for SamplerParams {
@@ -72,6 +75,7 @@ impl Default for SamplerParams {
             remask_below: None,
             cache_refresh: 0,
             max_extra_steps: 2,
+            min_tokens: 1,
         }
     }
 }
@@ -588,8 +592,19 @@ pub fn infill_cached(
                 }
             }
             let masked = cand.masked_before_end(special.end);
-            let proposals: Vec<(usize, Proposal)> =
-                masked.iter().map(|&j| (j, propose(&rows[j], order, temp, top_p, &mut cand.rng))).collect();
+            let proposals: Vec<(usize, Proposal)> = masked
+                .iter()
+                .map(|&j| {
+                    let pr = if j < params.min_tokens {
+                        let mut row = rows[j].clone();
+                        row[special.end as usize] = f32::NEG_INFINITY;
+                        propose(&row, order, temp, top_p, &mut cand.rng)
+                    } else {
+                        propose(&rows[j], order, temp, top_p, &mut cand.rng)
+                    };
+                    (j, pr)
+                })
+                .collect();
             let m = proposals.len();
             let last = step + 1 >= steps;
             let mut k = if last { m } else { m.div_ceil(steps - step) };
