@@ -35,6 +35,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_diffusion-ls"))
             .args(args)
             .env("DIFFUSION_LS_LOG", "debug")
+            .env("DIFFUSION_LS_TEST_PANIC", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -509,6 +510,9 @@ fn bad_input_never_kills_the_server() {
     s.open("file:///tmp/huge.rs", &huge);
     let r = s.result("textDocument/inlineCompletion", inline_params("file:///tmp/huge.rs", 10, 0));
     assert!(r.is_null() || r["items"].as_array().is_some_and(|i| i.is_empty()), "{r}");
+    // A handler that panics answers an internal error; the server keeps going.
+    let r = s.request("diffusionLs/debugPanic", Value::Null);
+    assert_eq!(r["error"]["code"], -32603, "{r}");
     assert_eq!(s.text(uri).1, "fn a() { let s = \"😀\"; }\n");
     s.shutdown();
 }

@@ -79,7 +79,8 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "timings: load={load_ms:.1}ms encode={:.1}ms denoise={:.1}ms verify={:.1}ms total={:.1}ms",
+        "timings: load={load_ms:.1}ms window={:.1}ms encode={:.1}ms denoise={:.1}ms verify={:.1}ms total={:.1}ms",
+        s.window_ms,
         s.encode_ms, s.denoise_ms, s.verify_ms, s.total_ms
     )?;
     Ok(())

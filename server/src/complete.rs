@@ -39,6 +39,9 @@ pub struct Stats {
     pub remasks: usize,
     pub rejections: usize,
     pub cancelled: bool,
+    /// Planning and tokenizing the context windows (this crate).
+    pub window_ms: f64,
+    /// The model's context pass (K/V of prefix and suffix).
     pub encode_ms: f64,
     pub denoise_ms: f64,
     pub verify_ms: f64,
@@ -89,7 +92,7 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
         plan.span_len = n.max(1);
     }
     let window = context::window(&snap.rope, &plan.replace, req.settings.context_tokens, &|s| lm.encode(s))?;
-    let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify { Site::new(snap, plan.replace.clone()) } else { None };
     let infill = InfillRequest {
         prefix: window.prefix,
@@ -112,7 +115,8 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
         remasks: vstats.remasked,
         rejections: vstats.rejected,
         cancelled: out.stats.cancelled || req.cancel.is_cancelled(),
-        encode_ms: encode_ms + out.stats.encode_ms,
+        window_ms,
+        encode_ms: out.stats.encode_ms,
         denoise_ms: out.stats.denoise_ms,
         verify_ms: vstats.verify_ms,
         total_ms: 0.0,
@@ -120,6 +124,7 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
     let mut items: Vec<Item> = Vec::new();
     if !stats.cancelled {
         for c in out.completions {
+            tracing::debug!(candidate = c.candidate, raw = ?c.text, logprob = c.mean_logprob, "candidate");
             let Some(text) = plan.finish.apply(&c.text) else { continue };
             // The final word: whatever the sampler did with our verdicts, never return a
             // candidate that adds a syntax error.

@@ -233,3 +233,49 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         "unknown panic".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> ModelSource {
+        ModelSource::Dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/qwen2-gqa-untied"))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_does_not_stop_the_worker() {
+        let engine = Engine::start();
+        engine.load(fixture());
+        engine.ready().await.expect("fixture loads");
+        let r = engine.run(CancelToken::default(), |_, _| -> usize { panic!("boom") }).await;
+        assert!(matches!(r, Err(EngineError::Panicked(ref m)) if m == "boom"), "{r:?}");
+        let n = engine.run(CancelToken::default(), |lm, _| lm.encode("fn main() {}").unwrap().len()).await;
+        assert!(n.unwrap() > 0);
+        // A job cancelled before it starts never runs.
+        let t = CancelToken::default();
+        t.cancel();
+        assert!(matches!(engine.run(t, |_, _| ()).await, Err(EngineError::Cancelled)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_reported() {
+        let engine = Engine::start();
+        engine.load(ModelSource::Dir("/nonexistent/model".into()));
+        let e = engine.ready().await.unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/model"), "{e}");
+        assert!(matches!(engine.run(CancelToken::default(), |_, _| ()).await, Err(EngineError::NoModel(_))));
+    }
+
+    #[test]
+    fn caches_evict_least_recent() {
+        let mut c = Caches::default();
+        for u in ["a", "b", "c", "d"] {
+            c.for_document(u).reused = 1;
+        }
+        c.for_document("a");
+        c.for_document("e");
+        let names: Vec<&str> = c.entries.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(names, ["c", "d", "a", "e"]);
+        assert_eq!(c.for_document("a").reused, 1);
+    }
+}

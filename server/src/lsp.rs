@@ -322,6 +322,15 @@ impl Backend {
         Ok(json!({ "version": doc.version, "text": doc.rope.to_string(), "languageId": doc.language_id }))
     }
 
+    /// Test hook: panics inside a handler when `DIFFUSION_LS_TEST_PANIC` is set, so the tests can
+    /// check that a panicking request leaves the server running.
+    pub async fn debug_panic(&self) -> Result<()> {
+        if std::env::var_os("DIFFUSION_LS_TEST_PANIC").is_some() {
+            panic!("test panic requested");
+        }
+        Err(Error::method_not_found())
+    }
+
     /// Test/debug: waits until the model is loaded (or failed) and reports it.
     pub async fn debug_status(&self) -> Result<Value> {
         let r = tokio::time::timeout(LOAD_WAIT, self.engine.ready()).await;
@@ -623,13 +632,56 @@ impl LanguageServer for Backend {
     }
 }
 
-fn service(cli_model: Option<PathBuf>) -> (LspService<Backend>, tower_lsp_server::ClientSocket) {
-    LspService::build(|client| Backend::new(client, cli_model))
+/// Wraps tower-lsp's service so that a panic in any handler becomes an internal-error response
+/// (or, for a notification, a log line) instead of unwinding through the message loop and
+/// taking the server down. The model thread has its own guard (see [`crate::engine`]).
+struct PanicGuard<S>(S);
+
+impl<S> tower_service::Service<tower_lsp_server::jsonrpc::Request> for PanicGuard<S>
+where
+    S: tower_service::Service<
+        tower_lsp_server::jsonrpc::Request,
+        Response = Option<tower_lsp_server::jsonrpc::Response>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tower_lsp_server::jsonrpc::Request) -> Self::Future {
+        use futures::FutureExt;
+        let id = req.id().cloned();
+        let method = req.method().to_string();
+        let fut = self.0.call(req);
+        Box::pin(std::panic::AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
+            Ok(r) => r,
+            Err(p) => {
+                tracing::error!(%method, "handler panicked: {}", crate::engine::panic_message(&*p));
+                Ok(id.map(|id| {
+                    let mut e = Error::internal_error();
+                    e.message = format!("{method} failed: internal error").into();
+                    tower_lsp_server::jsonrpc::Response::from_error(id, e)
+                }))
+            }
+        }))
+    }
+}
+
+fn service(cli_model: Option<PathBuf>) -> (PanicGuard<LspService<Backend>>, tower_lsp_server::ClientSocket) {
+    let (service, socket) = LspService::build(|client| Backend::new(client, cli_model))
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
         .custom_method(DEBUG_DOCUMENT, Backend::debug_document)
         .custom_method(DEBUG_STATUS, Backend::debug_status)
+        .custom_method("diffusionLs/debugPanic", Backend::debug_panic)
         .custom_method(crate::transport::MALFORMED_METHOD, Backend::malformed)
-        .finish()
+        .finish();
+    (PanicGuard(service), socket)
 }
 
 /// Handlers waiting on the model hold a slot of tower-lsp's concurrency limit (4 by default);

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use diffusion_ls::{cli, eval, lsp};
 
+/// candle allocates on every op; mimalloc avoids glibc malloc's page-fault storm (see
+/// /work/shared/CANDLE-CPU-NOTES.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "diffusion-ls", version, about = "Code completion with a masked-diffusion language model")]
 struct Cli {

@@ -242,6 +242,10 @@ impl StepHook for Verifier<'_> {
     fn after_step(&mut self, view: &StepView<'_>) -> Verdict {
         let t0 = Instant::now();
         let verdict = self.judge(view);
+        tracing::trace!(
+            step = view.step, candidate = view.candidate, end = ?view.end, is_final = view.is_final,
+            masked = view.tokens.iter().filter(|t| t.is_none()).count(), text = ?view.text, ?verdict, "step"
+        );
         self.stats.verify_ms += t0.elapsed().as_secs_f64() * 1e3;
         verdict
     }
