@@ -30,14 +30,14 @@ if [[ ! -x "$WORK/node_modules/.bin/code-server" ]]; then
   cp "$(command -v rg)" "$WORK/rg/rg"
   tar czf "$rgcache/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz" -C "$WORK/rg" rg
   (cd "$WORK" && npm init -y >/dev/null &&
-    npm_config_unsafe_perm=true npm_config_nodedir=/usr \
+    npm_config_yes=true npm_config_unsafe_perm=true npm_config_nodedir=/usr \
       npm install --no-audit --no-fund --foreground-scripts code-server@4.100.3 playwright-core@1)
 fi
 
 # The extension, packaged and installed into a private extensions folder.
 (cd "$ROOT/editors/vscode" && npm ci --no-audit --no-fund && npx vsce package --out "$WORK/diffusion-ls.vsix")
 rm -rf "$WORK/user" "$WORK/ext" "$WORK/ws"
-CS=("$WORK/node_modules/.bin/code-server" --user-data-dir "$WORK/user" --extensions-dir "$WORK/ext")
+CS=("$WORK/node_modules/.bin/code-server" --config "$WORK/config.yaml" --user-data-dir "$WORK/user" --extensions-dir "$WORK/ext")
 "${CS[@]}" --install-extension "$WORK/diffusion-ls.vsix"
 
 # A small Rust project and the settings that point the extension at the binary and model.
@@ -66,11 +66,14 @@ cat > "$WORK/user/User/settings.json" <<JSON
   "diffusionLs.steps": 4,
   "diffusionLs.maxSpanTokens": 16,
   "diffusionLs.debounceMs": 0,
+  "diffusionLs.verify": false,
   "editor.inlineSuggest.enabled": true,
   "editor.quickSuggestions": { "other": false, "comments": false, "strings": false },
   "workbench.startupEditor": "none",
   "workbench.colorTheme": "Default Dark Modern",
   "security.workspace.trust.enabled": false,
+  "git.enabled": false,
+  "git.openRepositoryInParentFolders": "never",
   "telemetry.telemetryLevel": "off"
 }
 JSON
@@ -83,6 +86,8 @@ for _ in $(seq 60); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && b
 
 cd "$WORK"
 cp "$ROOT/editors/screenshot/drive.mjs" "$WORK/drive.mjs"  # so it resolves playwright-core from $WORK
-URL="http://127.0.0.1:$PORT/?folder=$WORK/ws" OUT="$OUT" LINE=7 CHROMIUM="$(command -v chromium)" \
-  node "$WORK/drive.mjs"
-echo "screenshot: $OUT"
+URL="http://127.0.0.1:$PORT/?folder=$WORK/ws" OUT="$WORK/screenshot.png" LINE=7 CHROMIUM="$(command -v chromium)" \
+  node "$WORK/drive.mjs" && rc=0 || rc=$?
+cp "$WORK/screenshot.png" "$OUT"
+echo "screenshot: $OUT (after accepting and filling: $WORK/screenshot-after.png)"
+exit $rc
