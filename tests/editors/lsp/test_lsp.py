@@ -248,20 +248,17 @@ async def test_inline_completion(client: LanguageClient):
     for item in items:
         text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
         assert isinstance(text, str) and text, item
-        if item.range is not None:
-            assert in_doc(item.range.start, LINES) and in_doc(item.range.end, LINES), item.range
-            start, end = item.range.start, item.range.end
-            assert (start.line, start.character) <= (LET_POS.line, LET_POS.character) <= (end.line, end.character)
-        if item.command is not None:
-            assert item.command.command in commands(client), item.command
+        # Nothing after the cursor on that line: the item inserts at the cursor.
+        assert item.range == t.Range(start=LET_POS, end=LET_POS), item.range
+        # Accepting runs a command the server lists in executeCommandProvider.
+        assert item.command is not None and item.command.command in commands(client), item.command
 
 
 async def test_inline_completion_accept_command(client: LanguageClient):
     open_doc(client)
     items = await wait_items(client, LET_POS)
     with_cmd = [i for i in items if i.command is not None]
-    if not with_cmd:
-        pytest.skip("items carry no accept command")
+    assert with_cmd, "items carry no accept command"
     cmd = with_cmd[0].command
     await asyncio.wait_for(
         client.workspace_execute_command_async(t.ExecuteCommandParams(command=cmd.command, arguments=cmd.arguments)),
@@ -291,10 +288,6 @@ async def completion_items(client: LanguageClient, pos: t.Position, uri: str = U
     )
     result = await asyncio.wait_for(client.text_document_completion_async(params), TIMEOUT)
     return [] if result is None else (result if isinstance(result, list) else list(result.items))
-
-
-def line_prefix_utf16(line: str, character: int) -> str:
-    return line.encode("utf-16-le")[: 2 * character].decode("utf-16-le")
 
 
 async def test_completion(client: LanguageClient):
@@ -396,6 +389,35 @@ def apply_utf16(text: str, start: tuple[int, int], end: tuple[int, int], new: st
 
     a, b = offset(*start), offset(*end)
     return text[:a] + new + text[b:]
+
+
+async def test_utf8_position_encoding_edits():
+    """With UTF-8 negotiated, positions are byte offsets: edits after emoji land where they should."""
+    client = await CONFIG.start()
+    try:
+        result = await asyncio.wait_for(
+            client.initialize_session(init_params([t.PositionEncodingKind.Utf8, t.PositionEncodingKind.Utf16])), TIMEOUT
+        )
+        assert result.capabilities.position_encoding == t.PositionEncodingKind.Utf8
+        await wait_model(client)
+        uri = "file:///work/demo/src/utf8.rs"
+        text = 'fn f() -> &\'static str {\n    "🦀é"\n}\n'
+        open_doc(client, text, uri)
+        after = len('    "🦀é'.encode())  # bytes: 4 + 1 + 4 + 2
+        client.text_document_did_change(change(uri, 2, (1, after), (1, after), " 🎉"))
+        client.text_document_did_change(change(uri, 3, (1, len('    "'.encode())), (1, len('    "🦀'.encode())), "crab"))
+        doc = await server_text(client, uri)
+        assert doc["text"] == 'fn f() -> &\'static str {\n    "crabé 🎉"\n}\n', doc
+        pos = t.Position(line=1, character=len('    "crabé 🎉'.encode()))
+        items = items_of(await inline(client, pos, uri))
+        assert items, "no inline completion in the UTF-8 session"
+        for item in items:
+            assert item.range.start == pos, item.range
+            # The rest of the line (`"`) is closing characters: the item replaces it, to the line end in bytes.
+            assert item.range.end == t.Position(line=1, character=len('    "crabé 🎉"'.encode())), item.range
+        await client.shutdown_session()
+    finally:
+        await client.stop()
 
 
 # ---- cancellation, bad input ----------------------------------------------------------------------
