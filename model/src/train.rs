@@ -539,6 +539,33 @@ mod tests {
         assert!(last < first * 0.5, "loss {first} -> {last}");
     }
 
+    /// Masked copies of the first half of a sequence can only be predicted through attention to
+    /// the right positions: the model learns it far below the uniform loss.
+    #[test]
+    fn training_learns_to_copy_through_attention() {
+        let cfg = Config { vocab_size: 32, hidden_size: 64, intermediate_size: 128, ..tiny_config() };
+        let dev = Device::Cpu;
+        let t = Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 0).unwrap(), &dev).unwrap();
+        let mut opt = t.optimizer(3e-3, 0.0).unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut last = f32::MAX;
+        for _ in 0..150 {
+            let samples: Vec<Sample> = (0..16)
+                .map(|_| {
+                    let half: Vec<u32> = (0..12).map(|_| rng.random_range(2..32)).collect();
+                    let targets: Vec<u32> = half.iter().chain(&half).copied().collect();
+                    let masked: Vec<bool> = (0..24).map(|j| j >= 12 && rng.random_bool(0.5)).collect();
+                    let ids = targets.iter().zip(&masked).map(|(&t, &m)| if m { 1 } else { t }).collect();
+                    let n = masked.iter().filter(|&&m| m).count().max(1) as f32;
+                    let weight = masked.iter().map(|&m| if m { 1.0 / n } else { 0.0 }).collect();
+                    Sample { ids, targets, weight, masked, real: vec![true; 24] }
+                })
+                .collect();
+            last = t.step(&mut opt, &collate(&samples, &dev, DType::F32).unwrap()).unwrap();
+        }
+        assert!(last < 1.0, "copy loss {last} (uniform {:.2})", 30f32.ln());
+    }
+
     #[test]
     fn spans_fall_on_char_boundaries() {
         let text = "fn main() {\n    let é = \"日本語\"; // ü\n    println!(\"{é}\");\n}\n";

@@ -112,7 +112,8 @@ fn main() -> anyhow::Result<()> {
                 num_hidden_layers: args.layers,
                 num_attention_heads: args.heads,
                 num_key_value_heads: args.kv_heads,
-                max_position_embeddings: 4096,
+                // RoPE does not extrapolate far past the trained length: advertise that length.
+                max_position_embeddings: args.seq_len,
                 rms_norm_eps: 1e-6,
                 rope_theta: 10_000.0,
                 tie_word_embeddings: true,
