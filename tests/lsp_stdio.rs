@@ -241,7 +241,8 @@ fn edit_session(utf8: bool) {
     let width = |s: &str| if utf8 { s.len() as u32 } else { s.encode_utf16().count() as u32 };
     let l1 = "    let s = \"héllo 😀";
     let l2 = "    // 日本語 👩‍💻";
-    let edits: Vec<((u32, u32, u32, u32), &str)> = vec![
+    type Edit = ((u32, u32, u32, u32), &'static str);
+    let edits: Vec<Edit> = vec![
         ((1, width(l1), 1, width(l1)), "🎉"),
         ((2, width(l2), 2, width(l2)), " ✓"),
         ((1, width("    let s = \""), 1, width("    let s = \"héllo")), "ça"),
@@ -292,7 +293,15 @@ fn incremental_edits_with_emoji_utf8() {
 #[test]
 fn initialize_advertises_features() {
     let mut s = Server::start();
-    let init = s.initialize(&["utf-16"], json!({}));
+    let init = s.result(
+        "initialize",
+        json!({
+            "processId": null,
+            "capabilities": {"window": {"workDoneProgress": true}},
+            "initializationOptions": {"steps": 3, "debounceMs": 5},
+        }),
+    );
+    s.notify("initialized", json!({}));
     let caps = &init["capabilities"];
     assert_eq!(caps["positionEncoding"], "utf-16");
     assert_eq!(caps["inlineCompletionProvider"], true);
@@ -303,6 +312,20 @@ fn initialize_advertises_features() {
         assert!(commands.contains(&c), "{c} missing from {commands:?}");
     }
     s.wait_ready();
+    // Loading reported progress: create, begin, end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.notifications.iter().any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "end") {
+        assert!(Instant::now() < deadline, "no end of progress: {:?}", s.notifications);
+        s.result("diffusionLs/status", Value::Null);
+    }
+    assert!(s.server_requests.iter().any(|(m, _)| m == "window/workDoneProgress/create"));
+    assert!(s.notifications.iter().any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
+    // Settings: initializationOptions, then a partial didChangeConfiguration on top.
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].as_str().unwrap().to_string();
+    assert!(settings.contains("steps: 3") && settings.contains("debounce_ms: 5"), "{settings}");
+    s.notify("workspace/didChangeConfiguration", json!({"settings": {"diffusion-ls": {"candidates": 2, "verify": false}}}));
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].as_str().unwrap().to_string();
+    assert!(settings.contains("steps: 3") && settings.contains("candidates: 2") && settings.contains("verify: false"), "{settings}");
     s.shutdown();
 }
 

@@ -73,6 +73,16 @@ enum Work {
     Run(CancelToken),
 }
 
+/// The synchronous part of a completion request, done before its first `.await`.
+struct Begun {
+    snap: Snapshot,
+    /// Cursor byte offset.
+    byte: usize,
+    settings: Settings,
+    enc: Encoding,
+    work: Work,
+}
+
 /// Cancels a request's work when its handler future is dropped (`$/cancelRequest`, shutdown).
 struct CancelOnDrop(CancelToken);
 
@@ -159,7 +169,7 @@ impl Backend {
         &self,
         uri: &Uri,
         at: Position,
-    ) -> Result<Option<(Snapshot, usize, Settings, Encoding, Work)>> {
+    ) -> Result<Option<Begun>> {
         let mut st = self.state();
         let key = uri.as_str().to_string();
         let Some(doc) = st.docs.get(&key) else {
@@ -175,19 +185,19 @@ impl Backend {
             let items = items.into_iter().map(|text| complete::Item { text, mean_logprob: 0.0 }).collect();
             let kind = crate::context::cursor_kind(&snap.rope, byte);
             let answer = Answer { kind, replace: byte..byte, items, stats: Default::default() };
-            return Ok(Some((snap, byte, settings, enc, Work::Cached(answer))));
+            return Ok(Some(Begun { snap, byte, settings, enc, work: Work::Cached(answer) }));
         }
         let token = CancelToken::default();
         if let Some(old) = st.inflight.insert(key, token.clone()) {
             old.cancel();
         }
-        Ok(Some((snap, byte, settings, enc, Work::Run(token))))
+        Ok(Some(Begun { snap, byte, settings, enc, work: Work::Run(token) }))
     }
 
     /// Completion at a position: `None` when there is nothing to offer (no model, cancelled,
     /// superseded, stale, or no candidate survived).
     async fn complete_at(&self, uri: &Uri, at: Position) -> Result<Option<(Snapshot, usize, Encoding, Answer)>> {
-        let Some((snap, byte, settings, enc, work)) = self.begin_completion(uri, at)? else {
+        let Some(Begun { snap, byte, settings, enc, work }) = self.begin_completion(uri, at)? else {
             return Ok(None);
         };
         let token = match work {
@@ -335,7 +345,13 @@ impl Backend {
     pub async fn debug_status(&self) -> Result<Value> {
         let r = tokio::time::timeout(LOAD_WAIT, self.engine.ready()).await;
         let status = self.engine.status().borrow().clone();
-        Ok(json!({ "ready": matches!(r, Ok(Ok(_))), "model": format!("{status:?}") }))
+        let model = match status {
+            ModelStatus::Ready(d) => d,
+            ModelStatus::Failed(reason) => reason,
+            other => format!("{other:?}"),
+        };
+        let settings = format!("{:?}", self.state().settings);
+        Ok(json!({ "ready": matches!(r, Ok(Ok(_))), "model": model, "settings": settings }))
     }
 
     /// Fill selection / rewrite function: run the model, then ask the client to apply the edit.
@@ -707,9 +723,4 @@ pub async fn serve_tcp(addr: std::net::SocketAddr, cli_model: Option<PathBuf>) -
     let (service, socket) = service(cli_model);
     Server::new(crate::transport::guard(read), write, socket).concurrency_level(CONCURRENCY).serve(service).await;
     Ok(())
-}
-
-/// Model status for logs (`Debug` of the engine's status).
-pub fn describe_status(s: &ModelStatus) -> String {
-    format!("{s:?}")
 }

@@ -97,7 +97,7 @@ impl Site {
     pub fn new_errors(&mut self, insert: &str) -> Vec<Range<isize>> {
         let Some(tree) = self.parse_with(insert) else {
             // The parser gave up (it has no timeout set, so this does not happen): fail closed.
-            return vec![0..insert.len() as isize];
+            return std::iter::once(0..insert.len() as isize).collect();
         };
         let (at, n) = (self.at, insert.len());
         let map = |x: usize| if x <= at { x } else if x < at + n { at } else { x - n };
