@@ -541,6 +541,22 @@ fn bad_input_never_kills_the_server() {
 }
 
 #[test]
+fn exit_without_shutdown_is_an_error_exit() {
+    let mut s = Server::start();
+    s.initialize(&["utf-16"], json!({}));
+    s.notify("exit", Value::Null);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(1));
+            return;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after `exit`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn missing_model_keeps_answering_empty() {
     let mut s = Server::start_with(&["--model", "/nonexistent/model"]);
     s.initialize(&["utf-16"], json!({}));

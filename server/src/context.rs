@@ -272,33 +272,47 @@ pub struct Window {
     pub suffix: Vec<u32>,
 }
 
+/// Window edges move in steps of this many bytes of text...
+const EDGE_BYTES: usize = 1024;
+
 /// Builds the prefix/suffix windows within `budget` tokens: 3/4 for the prefix and 1/4 for the
 /// suffix, the share one side cannot use going to the other.
+///
+/// The windows are kept stable while the user types, so the model's context K/V cache (which
+/// reuses the common prefix and common suffix of consecutive requests) keeps hitting: text is
+/// read from line starts chosen on a 1 KiB grid, and tokens are dropped from the far ends in
+/// whole quanta of `budget / 16` tokens, not one by one. A window therefore holds between
+/// `budget - quantum` and `budget` tokens.
 pub fn window<E>(
     rope: &Rope,
     replace: &Range<usize>,
     budget: usize,
     encode: &dyn Fn(&str) -> Result<Vec<u32>, E>,
 ) -> Result<Window, E> {
+    let quantum = (budget / 16).max(1);
     let bytes = budget * BYTES_PER_TOKEN_WINDOW;
     let len = rope.len_bytes();
-    // Whole lines only, so the window's first token is not a fragment of a word.
-    let from = replace.start.saturating_sub(bytes);
-    let from_line = rope.byte_to_line(from);
-    let mut from = rope.line_to_byte(from_line);
-    if from < replace.start.saturating_sub(bytes) {
-        from = rope.line_to_byte((from_line + 1).min(rope.len_lines() - 1)).min(replace.start);
-    }
-    let to = (replace.end + bytes).min(len);
-    let to_line = rope.byte_to_line(to);
-    let to = if to == len { len } else { rope.line_to_byte(to_line).max(replace.end) };
+    let line_start_from = |b: usize| -> usize {
+        // First line start at or after `b` (whole lines: no word fragment at the edge).
+        let line = rope.byte_to_line(b);
+        if rope.line_to_byte(line) == b { b } else { rope.line_to_byte((line + 1).min(rope.len_lines() - 1)) }
+    };
+    let from = match replace.start.saturating_sub(bytes) / EDGE_BYTES * EDGE_BYTES {
+        0 => 0,
+        b => line_start_from(b).min(replace.start),
+    };
+    let to = ((replace.end + bytes) / EDGE_BYTES + 1) * EDGE_BYTES;
+    let to = if to >= len { len } else { line_start_from(to).max(replace.end) };
     let prefix = encode(&rope.byte_slice(from..replace.start).to_string())?;
     let suffix = encode(&rope.byte_slice(replace.end..to).to_string())?;
     let prefix_budget = budget * 3 / 4;
     let suffix_budget = budget - prefix_budget;
-    let s_take = suffix.len().min(suffix_budget + prefix_budget.saturating_sub(prefix.len()));
-    let p_take = prefix.len().min(budget - s_take);
-    Ok(Window { prefix: prefix[prefix.len() - p_take..].to_vec(), suffix: suffix[..s_take].to_vec() })
+    // What a short prefix leaves over goes to the suffix, in whole quanta.
+    let spare = prefix_budget.saturating_sub(prefix.len()) / quantum * quantum;
+    let s_take = suffix.len().min(suffix_budget + spare);
+    let drop = prefix.len().saturating_sub(budget - s_take).div_ceil(quantum) * quantum;
+    let prefix = prefix[drop.min(prefix.len())..].to_vec();
+    Ok(Window { prefix, suffix: suffix[..s_take].to_vec() })
 }
 
 #[cfg(test)]
@@ -357,11 +371,35 @@ mod tests {
         let rope = Rope::from_str(&text);
         let enc = |s: &str| Ok::<_, ()>(s.bytes().map(u32::from).collect::<Vec<_>>());
         let w = window(&rope, &(20..20), 40, &enc).unwrap();
-        assert_eq!(w.prefix.len(), 20);
-        assert_eq!(w.suffix.len(), 20);
+        assert_eq!((w.prefix.len(), w.suffix.len()), (20, 20));
         let w = window(&rope, &(190..190), 40, &enc).unwrap();
         assert_eq!((w.prefix.len(), w.suffix.len()), (30, 10));
         let w = window(&rope, &(196..200), 40, &enc).unwrap();
         assert_eq!((w.prefix.len(), w.suffix.len()), (40, 0));
+    }
+
+    #[test]
+    fn windows_stay_put_while_typing() {
+        // Typing at the end of a long prefix: the window's first token moves rarely.
+        let mut text = "let x = 1;\n".repeat(2000);
+        let mut at = text.len() / 2;
+        let enc = |s: &str| Ok::<_, ()>(s.bytes().map(u32::from).collect::<Vec<_>>());
+        let mut moves = 0;
+        let mut last: Option<Vec<u32>> = None;
+        for _ in 0..200 {
+            text.insert(at, 'y');
+            at += 1;
+            let rope = Rope::from_str(&text);
+            let w = window(&rope, &(at..at), 1024, &enc).unwrap();
+            assert!(w.prefix.len() + w.suffix.len() <= 1024);
+            assert!(w.prefix.len() + w.suffix.len() >= 1024 - 64);
+            if let Some(prev) = &last {
+                if prev[..16] != w.prefix[..16] {
+                    moves += 1;
+                }
+            }
+            last = Some(w.prefix);
+        }
+        assert!(moves <= 4, "the window start moved {moves} times in 200 keystrokes");
     }
 }

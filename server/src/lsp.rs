@@ -253,7 +253,9 @@ impl Backend {
                 tracing::info!(
                     kind = ?answer.kind, items = answer.items.len(), span = s.span_len, ctx = s.context_tokens,
                     checks = s.checks, remasks = s.remasks, rejections = s.rejections,
-                    cancelled = s.cancelled, ms = format!("{:.1}", s.total_ms), "answer"
+                    cancelled = s.cancelled, window_ms = format!("{:.1}", s.window_ms),
+                    encode_ms = format!("{:.1}", s.encode_ms), denoise_ms = format!("{:.1}", s.denoise_ms),
+                    verify_ms = format!("{:.1}", s.verify_ms), ms = format!("{:.1}", s.total_ms), "answer"
                 );
                 Ok(Some(answer))
             }
@@ -478,6 +480,7 @@ impl LanguageServer for Backend {
     }
 
     async fn shutdown(&self) -> Result<()> {
+        SHUTDOWN_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.state();
         for (_, t) in st.inflight.drain() {
             t.cancel();
@@ -699,6 +702,10 @@ fn service(cli_model: Option<PathBuf>) -> (PanicGuard<LspService<Backend>>, towe
         .finish();
     (PanicGuard(service), socket)
 }
+
+/// Set by `shutdown`: the process exit code is 0 only after it (LSP: `exit` without `shutdown`
+/// exits with 1).
+pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Handlers waiting on the model hold a slot of tower-lsp's concurrency limit (4 by default);
 /// more slots keep edits from queueing behind them.

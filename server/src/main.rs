@@ -62,7 +62,8 @@ fn main() -> anyhow::Result<()> {
                 }
             })?;
             // The model thread may be mid-request; exit without waiting for it.
-            std::process::exit(0);
+            let clean = lsp::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed);
+            std::process::exit(if clean { 0 } else { 1 });
         }
         Some(Command::Complete(mut args)) => {
             args.model = args.model.or(cli.model);
