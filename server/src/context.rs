@@ -177,9 +177,10 @@ impl Finish {
     /// Length of the prefix of `text` that is kept: cut at a line break (single-line spans), cut
     /// before a line repeating the suffix, and drop a tail that duplicates what follows the span.
     pub fn keep_len(&self, text: &str) -> usize {
-        let mut n = text.len();
+        // A byte-level tokenizer can end on half a character, decoded as U+FFFD: never insert it.
+        let mut n = text.find('\u{FFFD}').unwrap_or(text.len());
         if self.single_line {
-            n = text.find(['\n', '\r']).unwrap_or(n);
+            n = n.min(text.find(['\n', '\r']).unwrap_or(n));
         }
         if let Some(next) = &self.next_line {
             let mut line_start = 0;
@@ -356,6 +357,7 @@ mod tests {
         assert_eq!(finish("}\n", false).apply("\n    x();\n}").as_deref(), Some("\n    x();\n"));
         assert_eq!(finish("\n", true).apply("a\nb").as_deref(), Some("a"));
         assert_eq!(finish("\n", true).apply("   \nb"), None);
+        assert_eq!(finish("\n", true).apply("ab\u{FFFD}c").as_deref(), Some("ab"));
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Tally {
     remasks: usize,
     rejections: usize,
     checks: usize,
+    encode_ms: f64,
+    denoise_ms: f64,
+    verify_ms: f64,
 }
 
 impl Tally {
@@ -106,6 +109,9 @@ impl Tally {
         self.remasks += r.stats.remasks;
         self.rejections += r.stats.rejections;
         self.checks += r.stats.checks;
+        self.encode_ms += r.stats.window_ms + r.stats.encode_ms;
+        self.denoise_ms += r.stats.denoise_ms;
+        self.verify_ms += r.stats.verify_ms;
     }
 
     fn pct(a: usize, b: usize) -> f64 {
@@ -231,15 +237,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         o.flush()?;
     }
     let mut stdout = std::io::stdout().lock();
+    // Counters and times are means per case; ctx_ms = tokenizing the windows + the context pass.
     writeln!(
         stdout,
-        "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "kind", "n", "exact%", "EM%", "ES%", "parse%", "empty%", "p50ms", "p95ms", "checks", "remasks", "rejects"
+        "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "kind", "n", "exact%", "EM%", "ES%", "parse%", "empty%", "p50ms", "p95ms", "checks", "remasks", "rejects",
+        "ctx_ms", "denoise_ms", "verify_ms"
     )?;
     for (kind, t) in kinds.iter().chain(std::iter::once((&"all".to_string(), &all))) {
         writeln!(
             stdout,
-            "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>9.2}",
             kind,
             t.n,
             Tally::pct(t.exact, t.n),
@@ -252,6 +260,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             t.checks as f64 / t.n.max(1) as f64,
             t.remasks as f64 / t.n.max(1) as f64,
             t.rejections as f64 / t.n.max(1) as f64,
+            t.encode_ms / t.n.max(1) as f64,
+            t.denoise_ms / t.n.max(1) as f64,
+            t.verify_ms / t.n.max(1) as f64,
         )?;
     }
     writeln!(
