@@ -384,13 +384,13 @@ mod tests {
     fn windows_stay_put_while_typing() {
         // Typing at the end of a long prefix: the window's first token moves rarely.
         let mut text = "let x = 1;\n".repeat(2000);
-        let mut at = text.len() / 2;
+        let start = text.len() / 2;
         let enc = |s: &str| Ok::<_, ()>(s.bytes().map(u32::from).collect::<Vec<_>>());
         let mut moves = 0;
         let mut last: Option<Vec<u32>> = None;
-        for _ in 0..200 {
-            text.insert(at, 'y');
-            at += 1;
+        for typed in 0..200 {
+            text.insert(start + typed, 'y');
+            let at = start + typed + 1;
             let rope = Rope::from_str(&text);
             let w = window(&rope, &(at..at), 1024, &enc).unwrap();
             assert!(w.prefix.len() + w.suffix.len() <= 1024);
