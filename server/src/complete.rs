@@ -91,14 +91,19 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
     if let Some(n) = req.span_len {
         plan.span_len = n.max(1);
     }
-    let window = context::window(&snap.rope, &plan.replace, req.settings.context_tokens, &|s| lm.encode(s))?;
+    // The model has a trained length (RoPE does not extrapolate far past it): span and context
+    // share it.
+    let max_positions = lm.config().max_position_embeddings;
+    plan.span_len = plan.span_len.min(max_positions / 2).max(1);
+    let budget = req.settings.context_tokens.min(max_positions - plan.span_len);
+    let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify { Site::new(snap, plan.replace.clone()) } else { None };
     let infill = InfillRequest {
         prefix: window.prefix,
         suffix: window.suffix,
         span_len: plan.span_len,
-        params: sampler_params(&req.settings),
+        params: SamplerParams { min_tokens: plan.min_tokens.min(plan.span_len), ..sampler_params(&req.settings) },
     };
     let mut hook = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
     let out = match cache {

@@ -59,6 +59,9 @@ pub struct Plan {
     pub replace: Range<usize>,
     /// Masked positions given to the model.
     pub span_len: usize,
+    /// The model may not end the completion before this many tokens: a rewritten function body
+    /// is at least half as long as the original (an empty rewrite is no rewrite).
+    pub min_tokens: usize,
     pub finish: Finish,
 }
 
@@ -86,18 +89,20 @@ pub fn plan(
     };
     debug_assert!(replace.end <= len);
     let max = settings.max_span_tokens.max(1);
+    let original = match kind {
+        SpanKind::Selection | SpanKind::Function => count_tokens(&rope.byte_slice(replace.clone()).to_string()),
+        _ => 0,
+    };
     let span_len = match kind {
         SpanKind::Line => LINE_SPAN_TOKENS,
         SpanKind::Block => BLOCK_SPAN_TOKENS,
-        SpanKind::Selection | SpanKind::Function => {
-            let n = count_tokens(&rope.byte_slice(replace.clone()).to_string());
-            // Slack lets the rewrite be a little longer than the original; +1 for the end token.
-            n + (n / 4).max(4) + 1
-        }
+        // Slack lets the rewrite be a little longer than the original; +1 for the end token.
+        SpanKind::Selection | SpanKind::Function => original + (original / 4).max(4) + 1,
     }
     .min(max);
+    let min_tokens = if kind == SpanKind::Function { (original / 2).clamp(1, span_len) } else { 1 };
     let finish = Finish::new(rope, &replace, kind == SpanKind::Line);
-    Ok(Plan { kind, replace, span_len, finish })
+    Ok(Plan { kind, replace, span_len, min_tokens, finish })
 }
 
 fn check(rope: &Rope, at: usize) -> Result<usize, PlanError> {

@@ -2,7 +2,7 @@
 
 DIFFUSION_LS: the server binary (default target/release/diffusion-ls); a value that is not a file
 is split like a shell command line, so a wrapper can stand in for it.
-DIFFUSION_LS_MODEL: the model folder (default model/tests/fixtures/qwen2-gqa-untied).
+DIFFUSION_LS_MODEL: the model folder (default model/default, the shipped model).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def server_binary() -> list[str]:
 
 
 def model_dir() -> Path:
-    value = os.environ.get("DIFFUSION_LS_MODEL") or str(ROOT / "model" / "tests" / "fixtures" / "qwen2-gqa-untied")
+    value = os.environ.get("DIFFUSION_LS_MODEL") or str(ROOT / "model" / "default")
     return Path(value).resolve()
 
 
