@@ -4,14 +4,14 @@
 # into target/code-server/, which takes a few minutes and a few hundred MB.
 #
 #   editors/screenshot/run.sh [out.png]        (default editors/screenshot.png)
-# Env: DIFFUSION_LS (default target/release/diffusion-ls), DIFFUSION_LS_MODEL (default the test
-# model: random text, so the screenshot shows the mechanics), PORT (default 8765).
+# Env: DIFFUSION_LS (default target/release/diffusion-ls), DIFFUSION_LS_MODEL (default the shipped
+# model in model/default), PORT (default 8765).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$(realpath -m "${1:-$ROOT/editors/screenshot.png}")"
 WORK="$ROOT/target/code-server"
 BIN="${DIFFUSION_LS:-$ROOT/target/release/diffusion-ls}"
-MODEL="${DIFFUSION_LS_MODEL:-$ROOT/model/tests/fixtures/qwen2-gqa-untied}"
+MODEL="${DIFFUSION_LS_MODEL:-$ROOT/model/default}"
 PORT="${PORT:-8765}"
 mkdir -p "$WORK"
 BIN="$(realpath "$BIN")"
