@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use model::config::{Config, LogitsConvention, WeightFamily};
+use model::config::Config;
 use model::sampler::{generate_autoregressive, infill};
 use model::tokenizer::Tokenizer;
 use model::train::init_params;
@@ -21,40 +21,27 @@ const SPAN: usize = 32;
 const STEPS: usize = 8;
 
 fn config(hidden: usize, layers: usize, heads: usize, kv: usize, ffn: usize) -> Config {
-    Config {
-        vocab_size: 8192,
-        hidden_size: hidden,
-        intermediate_size: ffn,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv,
-        max_position_embeddings: 4096,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        tie_word_embeddings: true,
-        qkv_bias: true,
-        logits: LogitsConvention::InPlace,
-        family: WeightFamily::Qwen2,
-        mask_token_id: Some(1),
-        pad_token_id: Some(0),
-        eos_token_id: Some(0),
-    }
+    Config::default_family(8192, hidden, layers, heads, kv, ffn, 4096)
 }
 
 fn models() -> Vec<(&'static str, Transformer)> {
-    [("10M", config(256, 8, 4, 2, 1024)), ("30M", config(512, 8, 8, 4, 1536))]
-        .into_iter()
-        .map(|(name, cfg)| {
-            let params = init_params(&cfg, DType::F32, &Device::Cpu, 0).unwrap();
-            let store = TensorStore::from_map(params, std::path::Path::new("(bench)"));
-            (name, Transformer::new(&cfg, &store, &Device::Cpu).unwrap())
-        })
-        .collect()
+    [
+        ("10M", config(256, 8, 4, 2, 1024)),
+        ("30M", config(512, 8, 8, 4, 1536)),
+    ]
+    .into_iter()
+    .map(|(name, cfg)| {
+        let params = init_params(&cfg, DType::F32, &Device::Cpu, 0).unwrap();
+        let store = TensorStore::from_map(params, std::path::Path::new("(bench)"));
+        (name, Transformer::new(&cfg, &store, &Device::Cpu).unwrap())
+    })
+    .collect()
 }
 
 /// A tokenizer whose special ids fit the bench configs (the fixture's: 0..422).
 fn tokenizer(cfg: &Config) -> Tokenizer {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied/tokenizer.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen2-gqa-untied/tokenizer.json");
     Tokenizer::from_file(&path, cfg).unwrap()
 }
 
@@ -82,18 +69,27 @@ fn bench(c: &mut Criterion) {
     let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
     let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
     g.throughput(Throughput::Elements((2 * m * k * n) as u64));
-    g.bench_function("f32_1024x256x1024", |bch| bch.iter(|| a.matmul(&b).unwrap()));
+    g.bench_function("f32_1024x256x1024", |bch| {
+        bch.iter(|| a.matmul(&b).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("forward_full_1024");
     g.sample_size(10);
     for (name, model) in &models {
-        let ids = Tensor::new(context_ids(CONTEXT).as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(context_ids(CONTEXT).as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let pos: Vec<u32> = (0..CONTEXT as u32).collect();
         // Elements = FLOPs, so the report reads as FLOP/s against the matmul peak.
         g.throughput(Throughput::Elements(forward_flops(model.config(), CONTEXT)));
         g.bench_function(BenchmarkId::from_parameter(name), |bch| {
-            bch.iter(|| model.forward_full(&ids, &pos, None, None, Exec::Infer).unwrap())
+            bch.iter(|| {
+                model
+                    .forward_full(&ids, &pos, None, None, Exec::Infer)
+                    .unwrap()
+            })
         });
     }
     g.finish();
@@ -105,12 +101,23 @@ fn bench(c: &mut Criterion) {
         let p = CONTEXT * 3 / 4;
         let mut seq = context_ids(total);
         seq[p..p + SPAN].iter_mut().for_each(|t| *t = 1);
-        let ids = Tensor::new(seq.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(seq.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let pos: Vec<u32> = (0..total as u32).collect();
-        let window = ActiveWindow { start: p, len: SPAN };
-        let (_, ctx) = model.forward_full(&ids, &pos, None, Some(window), Exec::Infer).unwrap();
+        let window = ActiveWindow {
+            start: p,
+            len: SPAN,
+        };
+        let (_, ctx) = model
+            .forward_full(&ids, &pos, None, Some(window), Exec::Infer)
+            .unwrap();
         let ctx = ctx.unwrap();
-        let span = Tensor::new(&seq[p..p + SPAN], &dev).unwrap().unsqueeze(0).unwrap();
+        let span = Tensor::new(&seq[p..p + SPAN], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         g.throughput(Throughput::Elements(SPAN as u64));
         g.bench_function(BenchmarkId::from_parameter(name), |bch| {
             bch.iter(|| {
@@ -133,7 +140,11 @@ fn bench(c: &mut Criterion) {
                 prefix: ctx[..p].to_vec(),
                 suffix: ctx[p..].to_vec(),
                 span_len: SPAN,
-                params: SamplerParams { steps: STEPS, cache_refresh: refresh, ..Default::default() },
+                params: SamplerParams {
+                    steps: STEPS,
+                    cache_refresh: refresh,
+                    ..Default::default()
+                },
             };
             g.bench_function(BenchmarkId::new(format!("diffusion_{mode}"), name), |bch| {
                 bch.iter(|| infill(model, &tok, &req, &mut NoHook).unwrap())

@@ -6,7 +6,9 @@ fn main() {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());
     }
     println!("cargo:rerun-if-changed={}", dir.display());
-    let complete = ["config.json", "tokenizer.json", "model.safetensors"].iter().all(|f| dir.join(f).exists());
+    let complete = ["config.json", "tokenizer.json", "model.safetensors"]
+        .iter()
+        .all(|f| dir.join(f).exists());
     if complete {
         println!("cargo:rustc-cfg=default_model");
     }

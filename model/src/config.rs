@@ -86,8 +86,10 @@ fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_json(&text, path)
     }
 
@@ -109,7 +111,11 @@ impl Config {
             .or_else(|| raw.model_type.clone())
             .unwrap_or_default();
         let lower = arch.to_ascii_lowercase();
-        let model_type = raw.model_type.clone().unwrap_or_default().to_ascii_lowercase();
+        let model_type = raw
+            .model_type
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let (family, default_logits) = if lower.contains("llada") || model_type == "llada" {
             (WeightFamily::Llada, LogitsConvention::InPlace)
         } else if lower.contains("dream") || model_type == "dream" {
@@ -119,12 +125,21 @@ impl Config {
         } else {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_owned(),
-                found: if arch.is_empty() { "(none)".into() } else { arch },
+                found: if arch.is_empty() {
+                    "(none)".into()
+                } else {
+                    arch
+                },
             });
         };
-        let hidden_size = raw.hidden_size.or(raw.d_model).ok_or_else(|| missing("hidden_size"))?;
-        let num_attention_heads =
-            raw.num_attention_heads.or(raw.n_heads).ok_or_else(|| missing("num_attention_heads"))?;
+        let hidden_size = raw
+            .hidden_size
+            .or(raw.d_model)
+            .ok_or_else(|| missing("hidden_size"))?;
+        let num_attention_heads = raw
+            .num_attention_heads
+            .or(raw.n_heads)
+            .ok_or_else(|| missing("num_attention_heads"))?;
         let cfg = Config {
             vocab_size: raw.vocab_size.ok_or_else(|| missing("vocab_size"))?,
             hidden_size,
@@ -137,14 +152,20 @@ impl Config {
                 .or(raw.n_layers)
                 .ok_or_else(|| missing("num_hidden_layers"))?,
             num_attention_heads,
-            num_key_value_heads: raw.num_key_value_heads.or(raw.n_kv_heads).unwrap_or(num_attention_heads),
+            num_key_value_heads: raw
+                .num_key_value_heads
+                .or(raw.n_kv_heads)
+                .unwrap_or(num_attention_heads),
             max_position_embeddings: raw
                 .max_position_embeddings
                 .or(raw.max_sequence_length)
                 .unwrap_or(4096),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta: raw.rope_theta.unwrap_or(10_000.0),
-            tie_word_embeddings: raw.tie_word_embeddings.or(raw.weight_tying).unwrap_or(false),
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .or(raw.weight_tying)
+                .unwrap_or(false),
             qkv_bias: raw.include_bias.unwrap_or(family == WeightFamily::Qwen2),
             logits: raw.diffusion_logits.unwrap_or(default_logits),
             family,
@@ -158,15 +179,26 @@ impl Config {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |field: &str, reason: String| {
-            Err(ModelError::Config { path: path.to_owned(), field: field.into(), reason })
+            Err(ModelError::Config {
+                path: path.to_owned(),
+                field: field.into(),
+                reason,
+            })
         };
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad("num_attention_heads", format!("must divide hidden_size {}", self.hidden_size));
+            return bad(
+                "num_attention_heads",
+                format!("must divide hidden_size {}", self.hidden_size),
+            );
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        {
             return bad(
                 "num_key_value_heads",
-                format!("must divide num_attention_heads {}", self.num_attention_heads),
+                format!(
+                    "must divide num_attention_heads {}",
+                    self.num_attention_heads
+                ),
             );
         }
         if self.head_dim() % 2 != 0 {
@@ -182,6 +214,37 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A model of our default family: bidirectional Qwen2 with tied embeddings, q/k/v biases,
+    /// in-place logits, RoPE θ 10,000, `<|endoftext|>` = 0 (end/pad) and `<|mask|>` = 1.
+    pub fn default_family(
+        vocab_size: usize,
+        hidden_size: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        ffn: usize,
+        max_positions: usize,
+    ) -> Self {
+        Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size: ffn,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            max_position_embeddings: max_positions,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            qkv_bias: true,
+            logits: LogitsConvention::InPlace,
+            family: WeightFamily::Qwen2,
+            mask_token_id: Some(1),
+            pad_token_id: Some(0),
+            eos_token_id: Some(0),
+        }
     }
 
     pub fn head_dim(&self) -> usize {
@@ -218,7 +281,11 @@ impl Config {
         let kv = self.num_key_value_heads * self.head_dim();
         let bias = if self.qkv_bias { d + 2 * kv } else { 0 };
         let layer = d * d * 2 + 2 * d * kv + bias + 3 * d * self.intermediate_size + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.num_hidden_layers * layer + d + head
     }
 }
@@ -237,13 +304,20 @@ mod tests {
         assert_eq!(cfg.num_key_value_heads, 2);
         assert_eq!(cfg.eos_token_id, Some(3));
         assert_eq!(cfg.pad_token_id, None);
-        let err = Config::from_json(r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":10}"#, p)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("hidden_size") && err.contains("config.json"), "{err}");
+        let err = Config::from_json(
+            r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":10}"#,
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("hidden_size") && err.contains("config.json"),
+            "{err}"
+        );
         let err = Config::from_json(r#"{"architectures":["GPT2LMHeadModel"]}"#, p).unwrap_err();
         assert!(matches!(err, ModelError::UnknownArchitecture { .. }));
-        let err = Config::from_json(r#"{"architectures":["DreamModel"], "vocab_size": "#, p).unwrap_err();
+        let err =
+            Config::from_json(r#"{"architectures":["DreamModel"], "vocab_size": "#, p).unwrap_err();
         assert!(err.to_string().contains("(json)"));
     }
 

@@ -5,13 +5,26 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bad config {path}: field `{field}`: {reason}")]
-    Config { path: PathBuf, field: String, reason: String },
-    #[error("unknown architecture in {path}: {found} (supported: Qwen2 / Dream bidirectional, LLaDA)")]
+    Config {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error(
+        "unknown architecture in {path}: {found} (supported: Qwen2 / Dream bidirectional, LLaDA)"
+    )]
     UnknownArchitecture { path: PathBuf, found: String },
     #[error("bad weights {path}: tensor `{tensor}`: {reason}")]
-    Weights { path: PathBuf, tensor: String, reason: String },
+    Weights {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
     #[error("bad tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("invalid request: {0}")]

@@ -16,6 +16,6 @@ pub use config::{Config, LogitsConvention};
 pub use error::ModelError;
 pub use lm::DiffusionLm;
 pub use sampler::{
-    Completion, ConfidenceOrder, ContextCache, InfillOutput, InfillRequest, InfillStats, NoHook, SamplerParams, StepHook,
-    StepView, Verdict,
+    Completion, ConfidenceOrder, ContextCache, InfillOutput, InfillRequest, InfillStats, NoHook,
+    SamplerParams, StepHook, StepView, Verdict,
 };

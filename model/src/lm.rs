@@ -32,7 +32,11 @@ impl DiffusionLm {
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), &cfg)?;
         let store = TensorStore::load_dir(dir, &device)?;
         let model = Transformer::new(&cfg, &store, &device)?;
-        Ok(Self { model, tokenizer, name: dir.display().to_string() })
+        Ok(Self {
+            model,
+            tokenizer,
+            name: dir.display().to_string(),
+        })
     }
 
     /// The model compiled into the binary (model/default/), loaded with zero configuration.
@@ -40,9 +44,15 @@ impl DiffusionLm {
         #[cfg(default_model)]
         {
             let origin = PathBuf::from("<embedded>/model/default");
-            let cfg = Config::from_json(include_str!("../default/config.json"), &origin.join("config.json"))?;
-            let tokenizer =
-                Tokenizer::from_bytes(include_bytes!("../default/tokenizer.json"), &origin.join("tokenizer.json"), &cfg)?;
+            let cfg = Config::from_json(
+                include_str!("../default/config.json"),
+                &origin.join("config.json"),
+            )?;
+            let tokenizer = Tokenizer::from_bytes(
+                include_bytes!("../default/tokenizer.json"),
+                &origin.join("tokenizer.json"),
+                &cfg,
+            )?;
             let device = Device::Cpu;
             let store = TensorStore::from_bytes(
                 include_bytes!("../default/model.safetensors"),
@@ -50,19 +60,30 @@ impl DiffusionLm {
                 &device,
             )?;
             let model = Transformer::new(&cfg, &store, &device)?;
-            Ok(Self { model, tokenizer, name: "default".into() })
+            Ok(Self {
+                model,
+                tokenizer,
+                name: "default".into(),
+            })
         }
         #[cfg(not(default_model))]
         {
             Err(ModelError::Io {
                 path: PathBuf::from("model/default"),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "this build embeds no default model"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "this build embeds no default model",
+                ),
             })
         }
     }
 
     pub fn from_parts(model: Transformer, tokenizer: Tokenizer, name: &str) -> Self {
-        Self { model, tokenizer, name: name.into() }
+        Self {
+            model,
+            tokenizer,
+            name: name.into(),
+        }
     }
 
     pub fn describe(&self) -> String {

@@ -232,7 +232,13 @@ fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     p
 }
 
-fn propose(row: &[f32], order: ConfidenceOrder, temperature: f32, top_p: f32, rng: &mut StdRng) -> Proposal {
+fn propose(
+    row: &[f32],
+    order: ConfidenceOrder,
+    temperature: f32,
+    top_p: f32,
+    rng: &mut StdRng,
+) -> Proposal {
     let probs = softmax(row, 1.0);
     let token = if temperature > 0.0 {
         sample_top_p(&softmax(row, temperature), top_p, rng)
@@ -254,9 +260,17 @@ fn propose(row: &[f32], order: ConfidenceOrder, temperature: f32, top_p: f32, rn
             }
             a - b
         }
-        ConfidenceOrder::NegEntropy => probs.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum(),
+        ConfidenceOrder::NegEntropy => probs
+            .iter()
+            .filter(|&&x| x > 0.0)
+            .map(|&x| x * x.ln())
+            .sum(),
     };
-    Proposal { token: token as u32, confidence, logp: p.max(1e-30).ln() }
+    Proposal {
+        token: token as u32,
+        confidence,
+        logp: p.max(1e-30).ln(),
+    }
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -293,7 +307,11 @@ fn sample_top_p(probs: &[f32], top_p: f32, rng: &mut StdRng) -> usize {
 }
 
 /// Text of the committed tokens before `end`, and each position's byte range in it.
-fn decode_view(tok: &Tokenizer, tokens: &[Option<u32>], end: Option<usize>) -> Result<(String, Vec<Range<usize>>)> {
+fn decode_view(
+    tok: &Tokenizer,
+    tokens: &[Option<u32>],
+    end: Option<usize>,
+) -> Result<(String, Vec<Range<usize>>)> {
     let limit = end.unwrap_or(tokens.len());
     let mut ids = Vec::with_capacity(limit);
     let mut ranges = vec![0..0; tokens.len()];
@@ -356,7 +374,11 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 fn common_suffix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 impl ContextCache {
@@ -373,7 +395,9 @@ impl ContextCache {
         suffix_ids: &[u32],
         suffix_start: usize,
     ) -> Result<Option<ContextKv>> {
-        let Some(e) = &self.entry else { return Ok(None) };
+        let Some(e) = &self.entry else {
+            return Ok(None);
+        };
         let cp = common_prefix(&e.prefix_ids, prefix_ids);
         let cs = common_suffix(&e.suffix_ids, suffix_ids);
         let new_prefix = &prefix_ids[cp..];
@@ -391,12 +415,21 @@ impl ContextCache {
             let tail_from = old_split + e.suffix_ids.len() - cs;
             let k_tail = model.shift_keys(&l.k.narrow(2, tail_from, cs)?, delta)?;
             let v_tail = l.v.narrow(2, tail_from, cs)?;
-            let pre = KvBlock { k: l.k.narrow(2, 0, cp)?, v: l.v.narrow(2, 0, cp)? };
+            let pre = KvBlock {
+                k: l.k.narrow(2, 0, cp)?,
+                v: l.v.narrow(2, 0, cp)?,
+            };
             kept.push(KvBlock {
                 k: Tensor::cat(&[&pre.k, &k_tail], 2)?,
                 v: Tensor::cat(&[&pre.v, &v_tail], 2)?,
             });
-            tails.push((KvBlock { k: k_tail, v: v_tail }, pre));
+            tails.push((
+                KvBlock {
+                    k: k_tail,
+                    v: v_tail,
+                },
+                pre,
+            ));
         }
         if new_prefix.is_empty() && new_suffix.is_empty() {
             return Ok(Some(ContextKv { layers: kept }));
@@ -407,7 +440,8 @@ impl ContextCache {
             .chain(suffix_start as u32..(suffix_start + new_suffix.len()) as u32)
             .collect();
         let ids_t = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let (_, own) = model.forward_span_kv(&ids_t, &positions, &ContextKv { layers: kept }, true)?;
+        let (_, own) =
+            model.forward_span_kv(&ids_t, &positions, &ContextKv { layers: kept }, true)?;
         let own = own.expect("own K/V requested");
         let np = new_prefix.len();
         let layers = own
@@ -426,14 +460,22 @@ impl ContextCache {
                     parts.push(tail.clone());
                     Ok(Tensor::cat(&parts, 2)?)
                 };
-                Ok(KvBlock { k: part(&o.k, &pre.k, &tail.k)?, v: part(&o.v, &pre.v, &tail.v)? })
+                Ok(KvBlock {
+                    k: part(&o.k, &pre.k, &tail.k)?,
+                    v: part(&o.v, &pre.v, &tail.v)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(ContextKv { layers }))
     }
 }
 
-pub fn infill(model: &Transformer, tok: &Tokenizer, req: &InfillRequest, hook: &mut dyn StepHook) -> Result<InfillOutput> {
+pub fn infill(
+    model: &Transformer,
+    tok: &Tokenizer,
+    req: &InfillRequest,
+    hook: &mut dyn StepHook,
+) -> Result<InfillOutput> {
     infill_cached(model, tok, req, hook, None)
 }
 
@@ -459,8 +501,16 @@ pub fn infill_cached(
             cfg.max_position_embeddings
         )));
     }
-    if let Some(bad) = req.prefix.iter().chain(&req.suffix).find(|&&t| t as usize >= cfg.vocab_size) {
-        return Err(ModelError::Request(format!("token id {bad} outside vocab {}", cfg.vocab_size)));
+    if let Some(bad) = req
+        .prefix
+        .iter()
+        .chain(&req.suffix)
+        .find(|&&t| t as usize >= cfg.vocab_size)
+    {
+        return Err(ModelError::Request(format!(
+            "token id {bad} outside vocab {}",
+            cfg.vocab_size
+        )));
     }
     let special = tok.special;
     let steps = params.steps.clamp(1, n);
@@ -479,7 +529,10 @@ pub fn infill_cached(
         })
         .collect();
     let rows_t = Tensor::new(rows.as_slice(), device)?;
-    let window = ActiveWindow { start: act_start, len: act_len };
+    let window = ActiveWindow {
+        start: act_start,
+        len: act_len,
+    };
     let all_positions: Vec<u32> = (0..total as u32).collect();
     let act_positions: Vec<u32> = (act_start as u32..(p + n) as u32).collect();
 
@@ -491,11 +544,19 @@ pub fn infill_cached(
             auto_end: vec![false; n],
             alive: true,
             done: false,
-            temperature: if c == 0 || params.temperature > 0.0 { params.temperature } else { params.alt_temperature },
+            temperature: if c == 0 || params.temperature > 0.0 {
+                params.temperature
+            } else {
+                params.alt_temperature
+            },
             rng: StdRng::seed_from_u64(params.seed.wrapping_add(c as u64)),
         })
         .collect();
-    let mut stats = InfillStats { context_tokens: p + s, span_tokens: n, ..Default::default() };
+    let mut stats = InfillStats {
+        context_tokens: p + s,
+        span_tokens: n,
+        ..Default::default()
+    };
     let started = Instant::now();
     let mut ctx: Option<(ContextKv, CtxRows)> = match cache.as_deref_mut() {
         Some(c) => {
@@ -516,13 +577,20 @@ pub fn infill_cached(
         if hook.cancelled() {
             stats.cancelled = true;
             stats.denoise_ms = started.elapsed().as_secs_f64() * 1e3 - stats.encode_ms;
-            return Ok(InfillOutput { completions: vec![], stats });
+            return Ok(InfillOutput {
+                completions: vec![],
+                stats,
+            });
         }
-        let run: Vec<usize> = (0..n_cand).filter(|&c| cands[c].alive && !cands[c].done).collect();
+        let run: Vec<usize> = (0..n_cand)
+            .filter(|&c| cands[c].alive && !cands[c].done)
+            .collect();
         if run.is_empty() {
             break;
         }
-        let span_ids = |c: &Candidate| -> Vec<u32> { c.tokens.iter().map(|t| t.unwrap_or(special.mask)).collect() };
+        let span_ids = |c: &Candidate| -> Vec<u32> {
+            c.tokens.iter().map(|t| t.unwrap_or(special.mask)).collect()
+        };
         let refresh = match &ctx {
             None => true,
             Some(_) => params.cache_refresh > 0 && step > 0 && step % params.cache_refresh == 0,
@@ -532,7 +600,11 @@ pub fn infill_cached(
         let hidden = if refresh {
             let first = span_ids(&cands[run[0]]);
             let identical = run.iter().all(|&c| span_ids(&cands[c]) == first);
-            let batch: Vec<&usize> = if identical { vec![&run[0]] } else { run.iter().collect() };
+            let batch: Vec<&usize> = if identical {
+                vec![&run[0]]
+            } else {
+                run.iter().collect()
+            };
             let mut ids = Vec::with_capacity(batch.len() * total);
             for &&c in &batch {
                 ids.extend_from_slice(&req.prefix);
@@ -540,9 +612,17 @@ pub fn infill_cached(
                 ids.extend_from_slice(&req.suffix);
             }
             let ids = Tensor::from_vec(ids, (batch.len(), total), device)?;
-            let (h, kv) = model.forward_full(&ids, &all_positions, None, Some(window), Exec::Infer)?;
+            let (h, kv) =
+                model.forward_full(&ids, &all_positions, None, Some(window), Exec::Infer)?;
             let kv = kv.expect("context K/V requested");
-            ctx = Some((kv, if identical { CtxRows::Shared } else { CtxRows::PerCandidate(run.clone()) }));
+            ctx = Some((
+                kv,
+                if identical {
+                    CtxRows::Shared
+                } else {
+                    CtxRows::PerCandidate(run.clone())
+                },
+            ));
             stats.full_passes += 1;
             h.narrow(1, act_start, act_len)?
         } else {
@@ -552,14 +632,24 @@ pub fn infill_cached(
                 CtxRows::PerCandidate(owner) => {
                     let idx: Vec<u32> = run
                         .iter()
-                        .map(|c| owner.iter().position(|o| o == c).expect("candidate in cache") as u32)
+                        .map(|c| {
+                            owner
+                                .iter()
+                                .position(|o| o == c)
+                                .expect("candidate in cache") as u32
+                        })
                         .collect();
                     let idx = Tensor::new(idx.as_slice(), device)?;
                     ContextKv {
                         layers: kv
                             .layers
                             .iter()
-                            .map(|l| Ok(KvBlock { k: l.k.index_select(&idx, 0)?, v: l.v.index_select(&idx, 0)? }))
+                            .map(|l| {
+                                Ok(KvBlock {
+                                    k: l.k.index_select(&idx, 0)?,
+                                    v: l.v.index_select(&idx, 0)?,
+                                })
+                            })
                             .collect::<Result<_>>()?,
                     }
                 }
@@ -573,7 +663,9 @@ pub fn infill_cached(
             model.forward_span(&ids, &act_positions, &kv)?
         };
         let span_hidden = hidden.index_select(&rows_t, 1)?;
-        let logits = model.logits(&span_hidden)?.to_dtype(candle_core::DType::F32)?;
+        let logits = model
+            .logits(&span_hidden)?
+            .to_dtype(candle_core::DType::F32)?;
         let logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
         stats.forward_passes += 1;
         if step == 0 {
@@ -609,10 +701,19 @@ pub fn infill_cached(
             let last = step + 1 >= steps;
             let mut k = if last { m } else { m.div_ceil(steps - step) };
             if let (Some(thr), false) = (params.threshold, last) {
-                k = proposals.iter().filter(|(_, pr)| pr.confidence >= thr).count().max(1);
+                k = proposals
+                    .iter()
+                    .filter(|(_, pr)| pr.confidence >= thr)
+                    .count()
+                    .max(1);
             }
             let mut order_idx: Vec<usize> = (0..m).collect();
-            order_idx.sort_by(|&a, &b| proposals[b].1.confidence.total_cmp(&proposals[a].1.confidence));
+            order_idx.sort_by(|&a, &b| {
+                proposals[b]
+                    .1
+                    .confidence
+                    .total_cmp(&proposals[a].1.confidence)
+            });
             let mut committed_now = vec![false; n];
             for &i in order_idx.iter().take(k) {
                 let (j, pr) = &proposals[i];
@@ -624,7 +725,11 @@ pub fn infill_cached(
             cand.fill_after_end(special.end);
             if let (Some(thr), false) = (params.remask_below, last) {
                 for j in 0..n {
-                    if !committed_now[j] && !cand.auto_end[j] && cand.tokens[j].is_some() && cand.conf[j] < thr {
+                    if !committed_now[j]
+                        && !cand.auto_end[j]
+                        && cand.tokens[j].is_some()
+                        && cand.conf[j] < thr
+                    {
                         cand.remask(j, special.end);
                         stats.remasked += 1;
                     }
@@ -686,14 +791,22 @@ pub fn infill_cached(
     for (c, cand) in cands.iter().enumerate().filter(|(_, c)| c.alive && c.done) {
         let end = cand.end(special.end);
         let limit = end.unwrap_or(n);
-        let tokens: Vec<u32> = cand.tokens[..limit].iter().map(|t| t.expect("final candidate has no masks")).collect();
+        let tokens: Vec<u32> = cand.tokens[..limit]
+            .iter()
+            .map(|t| t.expect("final candidate has no masks"))
+            .collect();
         let scored = (limit + usize::from(end.is_some())).min(n);
         let mean_logprob = cand.logp[..scored].iter().sum::<f32>() / scored.max(1) as f32;
         let text = tok.decode(&tokens)?;
         if completions.iter().any(|o| o.text == text) {
             continue;
         }
-        completions.push(Completion { candidate: c, text, tokens, mean_logprob });
+        completions.push(Completion {
+            candidate: c,
+            text,
+            tokens,
+            mean_logprob,
+        });
     }
     completions.sort_by(|a, b| b.mean_logprob.total_cmp(&a.mean_logprob));
     Ok(InfillOutput { completions, stats })
@@ -701,7 +814,11 @@ pub fn infill_cached(
 
 /// Greedy autoregressive decoding of `new_tokens` after `prompt` with a causal mask and KV cache:
 /// the baseline the benches measure diffusion against (same network, same token count).
-pub fn generate_autoregressive(model: &Transformer, prompt: &[u32], new_tokens: usize) -> Result<Vec<u32>> {
+pub fn generate_autoregressive(
+    model: &Transformer,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> Result<Vec<u32>> {
     let device = model.device();
     let mut cache = crate::transformer::CausalCache::default();
     let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
@@ -710,7 +827,11 @@ pub fn generate_autoregressive(model: &Transformer, prompt: &[u32], new_tokens: 
     for _ in 0..new_tokens {
         let l = h.dim(1)?;
         let last = h.narrow(1, l - 1, 1)?;
-        let next = model.logits(&last)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0];
+        let next = model
+            .logits(&last)?
+            .argmax(D::Minus1)?
+            .flatten_all()?
+            .to_vec1::<u32>()?[0];
         out.push(next);
         h = model.forward_causal(&Tensor::new(&[[next]], device)?, &mut cache)?;
     }

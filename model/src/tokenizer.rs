@@ -15,7 +15,14 @@ pub struct SpecialTokens {
 }
 
 const MASK_NAMES: &[&str] = &["<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "<|MASK|>"];
-const END_NAMES: &[&str] = &["<|endoftext|>", "<|eot_id|>", "</s>", "<pad>", "[PAD]", "<|pad|>"];
+const END_NAMES: &[&str] = &[
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "</s>",
+    "<pad>",
+    "[PAD]",
+    "<|pad|>",
+];
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -24,19 +31,30 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_file(path: &Path, cfg: &Config) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_bytes(&bytes, path, cfg)
     }
 
     pub fn from_bytes(bytes: &[u8], path: &Path, cfg: &Config) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| ModelError::Tokenizer { path: path.to_owned(), reason: e.to_string() })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
         let by_name = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let missing = |what: &str| ModelError::Tokenizer {
+        let missing = |what: &str| {
+            ModelError::Tokenizer {
             path: path.to_owned(),
             reason: format!("no {what} token: set `{what}_token_id` in config.json or add one of the usual names"),
+        }
         };
-        let mask = cfg.mask_token_id.or_else(|| by_name(MASK_NAMES)).ok_or_else(|| missing("mask"))?;
+        let mask = cfg
+            .mask_token_id
+            .or_else(|| by_name(MASK_NAMES))
+            .ok_or_else(|| missing("mask"))?;
         let end = cfg
             .pad_token_id
             .or(cfg.eos_token_id)
@@ -46,11 +64,17 @@ impl Tokenizer {
             if id as usize >= cfg.vocab_size {
                 return Err(ModelError::Tokenizer {
                     path: path.to_owned(),
-                    reason: format!("{what} token id {id} is outside the model's vocab_size {}", cfg.vocab_size),
+                    reason: format!(
+                        "{what} token id {id} is outside the model's vocab_size {}",
+                        cfg.vocab_size
+                    ),
                 });
             }
         }
-        Ok(Self { inner, special: SpecialTokens { mask, end } })
+        Ok(Self {
+            inner,
+            special: SpecialTokens { mask, end },
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -16,12 +16,17 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{parameter_shapes, padding_bias, Exec, Transformer};
+use crate::transformer::{padding_bias, parameter_shapes, Exec, Transformer};
 use crate::weights::TensorStore;
 
 /// Random initial weights with the checkpoint's names: normal(0, 0.02) matrices (output
 /// projections scaled down by depth), unit norms, zero biases.
-pub fn init_params(cfg: &Config, dtype: DType, device: &Device, seed: u64) -> Result<HashMap<String, Tensor>> {
+pub fn init_params(
+    cfg: &Config,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<HashMap<String, Tensor>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = HashMap::new();
     let depth_scale = 1.0 / (2.0 * cfg.num_hidden_layers as f64).sqrt();
@@ -145,7 +150,9 @@ impl SampleMaker<'_> {
             7..=8 => SpanKind::Block,
             _ => SpanKind::Body,
         };
-        let Some((a, b)) = pick_span(text, kind, rng) else { return Ok(None) };
+        let Some((a, b)) = pick_span(text, kind, rng) else {
+            return Ok(None);
+        };
         let middle = self.tokenizer.encode(&text[a..b])?;
         if middle.len() + 1 > self.max_span {
             return Ok(None);
@@ -153,7 +160,11 @@ impl SampleMaker<'_> {
         // Over-allocate like the server: often a fixed bucket, sometimes a random slack.
         let m = middle.len();
         let span = if rng.random_bool(0.5) {
-            [16usize, 24, 32, 48, 64, 96, 128].into_iter().find(|&b| b > m).unwrap_or(self.max_span).min(self.max_span)
+            [16usize, 24, 32, 48, 64, 96, 128]
+                .into_iter()
+                .find(|&b| b > m)
+                .unwrap_or(self.max_span)
+                .min(self.max_span)
         } else {
             (m + 1 + rng.random_range(0..=m.max(4))).min(self.max_span)
         };
@@ -266,12 +277,19 @@ fn pick_span(text: &str, kind: SpanKind, rng: &mut StdRng) -> Option<(usize, usi
     let span = match kind {
         SpanKind::Line => (ls + indent, le),
         SpanKind::RestOfLine => {
-            let chars: Vec<usize> = line.char_indices().map(|(i, _)| i).filter(|&i| i >= indent).collect();
+            let chars: Vec<usize> = line
+                .char_indices()
+                .map(|(i, _)| i)
+                .filter(|&i| i >= indent)
+                .collect();
             let cut = chars[rng.random_range(0..chars.len())];
             (ls + cut, le)
         }
         SpanKind::Bytes => {
-            let a = floor_char(text, ls + indent + rng.random_range(0..=(line.len() - indent) / 2));
+            let a = floor_char(
+                text,
+                ls + indent + rng.random_range(0..=(line.len() - indent) / 2),
+            );
             let len = rng.random_range(10..=80);
             (a, floor_char(text, (a + len).min(text.len())))
         }
@@ -335,7 +353,9 @@ pub fn diffusion_loss(model: &Transformer, batch: &Batch, exec: Exec) -> Result<
     let bias = padding_bias(&batch.real)?;
     let (h, _) = model.forward_full(&batch.ids, &positions, Some(&bias), None, exec)?;
     let d = h.dim(D::Minus1)?;
-    let rows = h.reshape((b * l, d))?.index_select(&batch.masked_index, 0)?;
+    let rows = h
+        .reshape((b * l, d))?
+        .index_select(&batch.masked_index, 0)?;
     let logits = model.logits(&rows)?;
     // log-softmax with the max detached (it cancels in the gradient).
     let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -367,8 +387,16 @@ impl Trainable {
             map.insert(name.clone(), var.as_tensor().clone());
             vars.push((name, var));
         }
-        let model = Transformer::new(cfg, &TensorStore::from_map(map, Path::new("(training)")), device)?;
-        Ok(Self { cfg: cfg.clone(), vars, model })
+        let model = Transformer::new(
+            cfg,
+            &TensorStore::from_map(map, Path::new("(training)")),
+            device,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            vars,
+            model,
+        })
     }
 
     pub fn tensors(&self, dtype: DType) -> Result<HashMap<String, Tensor>> {
@@ -380,7 +408,16 @@ impl Trainable {
 
     pub fn optimizer(&self, lr: f64, weight_decay: f64) -> Result<AdamW> {
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
-        Ok(AdamW::new(vars, ParamsAdamW { lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay })?)
+        Ok(AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay,
+            },
+        )?)
     }
 
     /// One optimisation step; returns the loss.
@@ -392,10 +429,16 @@ impl Trainable {
 
     /// Save as a Hugging Face-format folder (config.json, model.safetensors in `dtype`, tokenizer.json).
     pub fn save(&self, dir: &Path, dtype: DType, tokenizer_json: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| ModelError::Io { path: path.clone(), source }
+            move |source| ModelError::Io {
+                path: path.clone(),
+                source,
+            }
         };
         let weights = dir.join("model.safetensors");
         let tmp = dir.join("model.safetensors.tmp");
@@ -415,26 +458,11 @@ impl Trainable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LogitsConvention, WeightFamily};
 
     pub(crate) fn tiny_config() -> Config {
         Config {
-            vocab_size: 11,
-            hidden_size: 8,
-            intermediate_size: 12,
-            num_hidden_layers: 2,
-            num_attention_heads: 2,
-            num_key_value_heads: 1,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10_000.0,
             tie_word_embeddings: false,
-            qkv_bias: true,
-            logits: LogitsConvention::InPlace,
-            family: WeightFamily::Qwen2,
-            mask_token_id: Some(1),
-            pad_token_id: Some(0),
-            eos_token_id: Some(0),
+            ..Config::default_family(11, 8, 2, 2, 1, 12, 64)
         }
     }
 
@@ -442,12 +470,26 @@ mod tests {
         let s = |ids: Vec<u32>, masked: Vec<bool>, real: Vec<bool>| {
             let targets: Vec<u32> = ids.iter().map(|&i| (i + 3) % 11).collect();
             let weight = masked.iter().map(|&m| if m { 0.7 } else { 0.0 }).collect();
-            Sample { ids, targets, masked, weight, real }
+            Sample {
+                ids,
+                targets,
+                masked,
+                weight,
+                real,
+            }
         };
         collate(
             &[
-                s(vec![2, 3, 1, 5, 1, 7], vec![false, false, true, false, true, false], vec![true; 6]),
-                s(vec![1, 4, 9, 1, 0, 0], vec![true, false, false, true, false, false], vec![true, true, true, true, false, false]),
+                s(
+                    vec![2, 3, 1, 5, 1, 7],
+                    vec![false, false, true, false, true, false],
+                    vec![true; 6],
+                ),
+                s(
+                    vec![1, 4, 9, 1, 0, 0],
+                    vec![true, false, false, true, false, false],
+                    vec![true, true, true, true, false, false],
+                ),
             ],
             &Device::Cpu,
             dtype,
@@ -465,7 +507,9 @@ mod tests {
         for (name, t) in params.iter_mut() {
             if name.ends_with("norm.weight") || name.ends_with(".bias") {
                 let n = t.elem_count();
-                let v: Vec<f64> = (0..n).map(|i| 1.0 + 0.1 * ((i * 7 % 5) as f64 - 2.0)).collect();
+                let v: Vec<f64> = (0..n)
+                    .map(|i| 1.0 + 0.1 * ((i * 7 % 5) as f64 - 2.0))
+                    .collect();
                 *t = Tensor::from_vec(v, t.shape(), &dev).unwrap();
             }
             if name.contains("proj.weight") || name.contains("embed") || name.contains("lm_head") {
@@ -491,7 +535,9 @@ mod tests {
         ];
         for name in checked {
             let var = &trainable.vars.iter().find(|(n, _)| n == name).unwrap().1;
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
             let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
             let base: Vec<f64> = params[name].flatten_all().unwrap().to_vec1().unwrap();
             for idx in [0, base.len() / 2, base.len() - 1] {
@@ -500,13 +546,23 @@ mod tests {
                     let mut p = params.clone();
                     let mut v = base.clone();
                     v[idx] += delta;
-                    p.insert(name.to_string(), Tensor::from_vec(v, params[name].shape(), &dev).unwrap());
+                    p.insert(
+                        name.to_string(),
+                        Tensor::from_vec(v, params[name].shape(), &dev).unwrap(),
+                    );
                     let m = Trainable::new(&cfg, p, &dev).unwrap();
-                    diffusion_loss(&m.model, &batch, Exec::Train).unwrap().to_scalar::<f64>().unwrap()
+                    diffusion_loss(&m.model, &batch, Exec::Train)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
                 };
                 let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps);
                 let tol = 1e-6 + 1e-4 * fd.abs().max(g[idx].abs());
-                assert!((fd - g[idx]).abs() < tol, "{name}[{idx}]: autograd {} vs finite difference {fd}", g[idx]);
+                assert!(
+                    (fd - g[idx]).abs() < tol,
+                    "{name}[{idx}]: autograd {} vs finite difference {fd}",
+                    g[idx]
+                );
             }
         }
     }
@@ -516,10 +572,17 @@ mod tests {
     fn train_and_infer_paths_agree() {
         let cfg = tiny_config();
         let dev = Device::Cpu;
-        let t = Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 3).unwrap(), &dev).unwrap();
+        let t =
+            Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 3).unwrap(), &dev).unwrap();
         let batch = tiny_batch(DType::F32);
-        let a = diffusion_loss(&t.model, &batch, Exec::Train).unwrap().to_scalar::<f32>().unwrap();
-        let b = diffusion_loss(&t.model, &batch, Exec::Infer).unwrap().to_scalar::<f32>().unwrap();
+        let a = diffusion_loss(&t.model, &batch, Exec::Train)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let b = diffusion_loss(&t.model, &batch, Exec::Infer)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
     }
 
@@ -528,7 +591,8 @@ mod tests {
     fn training_reduces_loss() {
         let cfg = tiny_config();
         let dev = Device::Cpu;
-        let t = Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 5).unwrap(), &dev).unwrap();
+        let t =
+            Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 5).unwrap(), &dev).unwrap();
         let mut opt = t.optimizer(3e-2, 0.0).unwrap();
         let batch = tiny_batch(DType::F32);
         let first = t.step(&mut opt, &batch).unwrap();
@@ -543,9 +607,15 @@ mod tests {
     /// the right positions: the model learns it far below the uniform loss.
     #[test]
     fn training_learns_to_copy_through_attention() {
-        let cfg = Config { vocab_size: 32, hidden_size: 64, intermediate_size: 128, ..tiny_config() };
+        let cfg = Config {
+            vocab_size: 32,
+            hidden_size: 64,
+            intermediate_size: 128,
+            ..tiny_config()
+        };
         let dev = Device::Cpu;
-        let t = Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 0).unwrap(), &dev).unwrap();
+        let t =
+            Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 0).unwrap(), &dev).unwrap();
         let mut opt = t.optimizer(3e-3, 0.0).unwrap();
         let mut rng = StdRng::seed_from_u64(0);
         let mut last = f32::MAX;
@@ -554,14 +624,30 @@ mod tests {
                 .map(|_| {
                     let half: Vec<u32> = (0..12).map(|_| rng.random_range(2..32)).collect();
                     let targets: Vec<u32> = half.iter().chain(&half).copied().collect();
-                    let masked: Vec<bool> = (0..24).map(|j| j >= 12 && rng.random_bool(0.5)).collect();
-                    let ids = targets.iter().zip(&masked).map(|(&t, &m)| if m { 1 } else { t }).collect();
+                    let masked: Vec<bool> =
+                        (0..24).map(|j| j >= 12 && rng.random_bool(0.5)).collect();
+                    let ids = targets
+                        .iter()
+                        .zip(&masked)
+                        .map(|(&t, &m)| if m { 1 } else { t })
+                        .collect();
                     let n = masked.iter().filter(|&&m| m).count().max(1) as f32;
-                    let weight = masked.iter().map(|&m| if m { 1.0 / n } else { 0.0 }).collect();
-                    Sample { ids, targets, weight, masked, real: vec![true; 24] }
+                    let weight = masked
+                        .iter()
+                        .map(|&m| if m { 1.0 / n } else { 0.0 })
+                        .collect();
+                    Sample {
+                        ids,
+                        targets,
+                        weight,
+                        masked,
+                        real: vec![true; 24],
+                    }
                 })
                 .collect();
-            last = t.step(&mut opt, &collate(&samples, &dev, DType::F32).unwrap()).unwrap();
+            last = t
+                .step(&mut opt, &collate(&samples, &dev, DType::F32).unwrap())
+                .unwrap();
         }
         assert!(last < 1.0, "copy loss {last} (uniform {:.2})", 30f32.ln());
     }
@@ -570,7 +656,13 @@ mod tests {
     fn spans_fall_on_char_boundaries() {
         let text = "fn main() {\n    let é = \"日本語\"; // ü\n    println!(\"{é}\");\n}\n";
         let mut rng = StdRng::seed_from_u64(1);
-        for kind in [SpanKind::RestOfLine, SpanKind::Line, SpanKind::Bytes, SpanKind::Block, SpanKind::Body] {
+        for kind in [
+            SpanKind::RestOfLine,
+            SpanKind::Line,
+            SpanKind::Bytes,
+            SpanKind::Block,
+            SpanKind::Body,
+        ] {
             for _ in 0..50 {
                 if let Some((a, b)) = pick_span(text, kind, &mut rng) {
                     assert!(a < b && text.is_char_boundary(a) && text.is_char_boundary(b));

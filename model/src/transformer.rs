@@ -35,7 +35,10 @@ struct Linear {
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match x.dims() {
-            [b, l, d] => x.reshape((b * l, *d))?.matmul(&self.w.t()?)?.reshape((*b, *l, ()))?,
+            [b, l, d] => x
+                .reshape((b * l, *d))?
+                .matmul(&self.w.t()?)?
+                .reshape((*b, *l, ()))?,
             _ => x.matmul(&self.w.t()?)?,
         };
         Ok(match &self.b {
@@ -109,7 +112,10 @@ pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let d = cfg.hidden_size;
     let kv = cfg.num_key_value_heads * cfg.head_dim();
     let f = cfg.intermediate_size;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, d],
+    )];
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         out.push((format!("{p}.input_layernorm.weight"), vec![d]));
@@ -187,7 +193,11 @@ impl Transformer {
         let f = cfg.intermediate_size;
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let w = store.get(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias { Some(store.get(&format!("{name}.bias"), &[out])?) } else { None };
+            let b = if bias {
+                Some(store.get(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
             Ok(Linear { w, b })
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -206,10 +216,16 @@ impl Transformer {
             });
         }
         let (embed_name, norm_name, head_name) = match cfg.family {
-            WeightFamily::Qwen2 => ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"),
-            WeightFamily::Llada => {
-                ("model.transformer.wte.weight", "model.transformer.ln_f.weight", "model.transformer.ff_out.weight")
-            }
+            WeightFamily::Qwen2 => (
+                "model.embed_tokens.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+            ),
+            WeightFamily::Llada => (
+                "model.transformer.wte.weight",
+                "model.transformer.ln_f.weight",
+                "model.transformer.ff_out.weight",
+            ),
         };
         let embed = store.get(embed_name, &[cfg.vocab_size, d])?;
         let lm_head = if cfg.tie_word_embeddings && !store.contains(head_name) {
@@ -250,7 +266,8 @@ impl Transformer {
         for &p in positions {
             for i in 0..half {
                 // Same f32 arithmetic as the reference: inv_freq in f32, then position * inv_freq.
-                let inv_freq = 1.0f32 / (self.cfg.rope_theta.powf((2 * i) as f64 / hd as f64) as f32);
+                let inv_freq =
+                    1.0f32 / (self.cfg.rope_theta.powf((2 * i) as f64 / hd as f64) as f32);
                 let angle = p as f32 * inv_freq;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -284,7 +301,13 @@ impl Transformer {
     }
 
     /// Project hidden states (B, L, d) to rotated queries (B, H, L, hd) and keys/values (B, KVH, L, hd).
-    fn qkv(&self, layer: &Layer, x: &Tensor, rope: &(Tensor, Tensor), exec: Exec) -> Result<(Tensor, KvBlock)> {
+    fn qkv(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        exec: Exec,
+    ) -> Result<(Tensor, KvBlock)> {
         let (b, l, _) = x.dims3()?;
         let hd = self.cfg.head_dim();
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
@@ -310,7 +333,12 @@ impl Transformer {
     /// Attention of queries (B, H, Lq, hd) over several key/value blocks, each optionally with an
     /// additive bias broadcastable to (B, Lq, Lk). Grouped-query attention without copying keys:
     /// the query heads that share a KV head are folded into the row dimension.
-    fn attend(&self, q: &Tensor, blocks: &[(&KvBlock, Option<&Tensor>)], exec: Exec) -> Result<Tensor> {
+    fn attend(
+        &self,
+        q: &Tensor,
+        blocks: &[(&KvBlock, Option<&Tensor>)],
+        exec: Exec,
+    ) -> Result<Tensor> {
         let (b, h, lq, hd) = q.dims4()?;
         let kvh = self.cfg.num_key_value_heads;
         let g = h / kvh;
@@ -318,7 +346,11 @@ impl Transformer {
         let mut scores = Vec::with_capacity(blocks.len());
         for (kv, bias) in blocks {
             let kt = kv.k.transpose(2, 3)?;
-            let s = if kv.k.dim(0)? == b { qg.matmul(&kt)? } else { qg.broadcast_matmul(&kt)? };
+            let s = if kv.k.dim(0)? == b {
+                qg.matmul(&kt)?
+            } else {
+                qg.broadcast_matmul(&kt)?
+            };
             let s = match bias {
                 Some(bias) => {
                     let lk = kv.k.dim(2)?;
@@ -331,7 +363,11 @@ impl Transformer {
             };
             scores.push(s);
         }
-        let scores = if scores.len() == 1 { scores.pop().unwrap() } else { Tensor::cat(&scores, 3)? };
+        let scores = if scores.len() == 1 {
+            scores.pop().unwrap()
+        } else {
+            Tensor::cat(&scores, 3)?
+        };
         let probs = match exec {
             Exec::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
             Exec::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
@@ -340,15 +376,25 @@ impl Transformer {
         let mut offset = 0;
         for (kv, _) in blocks {
             let lk = kv.k.dim(2)?;
-            let p = if blocks.len() == 1 { probs.clone() } else { probs.narrow(3, offset, lk)?.contiguous()? };
+            let p = if blocks.len() == 1 {
+                probs.clone()
+            } else {
+                probs.narrow(3, offset, lk)?.contiguous()?
+            };
             offset += lk;
-            let o = if kv.v.dim(0)? == b { p.matmul(&kv.v)? } else { p.broadcast_matmul(&kv.v)? };
+            let o = if kv.v.dim(0)? == b {
+                p.matmul(&kv.v)?
+            } else {
+                p.broadcast_matmul(&kv.v)?
+            };
             out = Some(match out {
                 Some(acc) => (acc + o)?,
                 None => o,
             });
         }
-        Ok(out.expect("at least one key block").reshape((b, h, lq, hd))?)
+        Ok(out
+            .expect("at least one key block")
+            .reshape((b, h, lq, hd))?)
     }
 
     /// Output projection + residual + MLP for one layer.
@@ -363,7 +409,11 @@ impl Transformer {
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, self.cfg.hidden_size))?)
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            l,
+            self.cfg.hidden_size,
+        ))?)
     }
 
     /// Bidirectional pass over the whole sequence `ids` (B, L) at `positions` (L). Returns the
@@ -398,7 +448,10 @@ impl Transformer {
                     }
                     Ok(Tensor::cat(&parts, 2)?.contiguous()?)
                 };
-                ctx.push(KvBlock { k: take(&kv.k)?, v: take(&kv.v)? });
+                ctx.push(KvBlock {
+                    k: take(&kv.k)?,
+                    v: take(&kv.v)?,
+                });
             }
             let attn = self.attend(&q, &[(&kv, bias)], exec)?;
             x = self.finish_layer(layer, &x, &attn, exec)?;
@@ -439,7 +492,10 @@ impl Transformer {
             }
             x = self.finish_layer(layer, &x, &attn, exec)?;
         }
-        Ok((self.rms_norm(&x, &self.norm, exec)?, keep.then_some(ContextKv { layers: own })))
+        Ok((
+            self.rms_norm(&x, &self.norm, exec)?,
+            keep.then_some(ContextKv { layers: own }),
+        ))
     }
 
     /// Causal decoding step(s) for the autoregressive baseline: `ids` (1, L) continue the cache.
@@ -449,7 +505,11 @@ impl Transformer {
         let start = cache.len;
         let positions: Vec<u32> = (start as u32..(start + l) as u32).collect();
         let rope = self.rope_tables(&positions)?;
-        let causal = if l > 1 { Some(causal_bias(l, &self.device)?) } else { None };
+        let causal = if l > 1 {
+            Some(causal_bias(l, &self.device)?)
+        } else {
+            None
+        };
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.layers.len()];
         }

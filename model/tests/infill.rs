@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use model::{DiffusionLm, InfillRequest, NoHook, SamplerParams, StepHook, StepView, Verdict};
 
 fn lm() -> DiffusionLm {
-    DiffusionLm::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied")).unwrap()
+    DiffusionLm::load_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied"),
+    )
+    .unwrap()
 }
 
 fn request(lm: &DiffusionLm, span_len: usize, params: SamplerParams) -> InfillRequest {
@@ -36,7 +39,8 @@ impl StepHook for Recorder {
                 assert!(r.is_empty());
             }
         }
-        self.views.push((v.step, v.candidate, masked, v.is_final, v.text.to_string()));
+        self.views
+            .push((v.step, v.candidate, masked, v.is_final, v.text.to_string()));
         if Some(v.candidate) == self.reject {
             return Verdict::Reject;
         }
@@ -55,7 +59,19 @@ impl StepHook for Recorder {
 fn steps_commit_on_schedule_and_hook_sees_each_step() {
     let lm = lm();
     let mut rec = Recorder::default();
-    let out = lm.infill(&request(&lm, 16, SamplerParams { steps: 4, ..Default::default() }), &mut rec).unwrap();
+    let out = lm
+        .infill(
+            &request(
+                &lm,
+                16,
+                SamplerParams {
+                    steps: 4,
+                    ..Default::default()
+                },
+            ),
+            &mut rec,
+        )
+        .unwrap();
     // Masks only ever decrease, by at least the schedule's share, and the last view is final.
     let masks: Vec<usize> = rec.views.iter().map(|v| v.2).collect();
     assert!(masks.len() <= 4 && !masks.is_empty(), "{masks:?}");
@@ -63,7 +79,10 @@ fn steps_commit_on_schedule_and_hook_sees_each_step() {
     assert!(rec.views.last().unwrap().3);
     assert_eq!(masks[0], 12, "16 masks over 4 steps commit 4 first");
     assert_eq!(out.completions.len(), 1);
-    assert_eq!(out.stats.full_passes, 1, "context computed once (cache_refresh 0)");
+    assert_eq!(
+        out.stats.full_passes, 1,
+        "context computed once (cache_refresh 0)"
+    );
     assert_eq!(out.completions[0].text, rec.views.last().unwrap().4);
 }
 
@@ -71,7 +90,18 @@ fn steps_commit_on_schedule_and_hook_sees_each_step() {
 fn exact_refresh_runs_a_full_pass_every_step() {
     let lm = lm();
     let out = lm
-        .infill(&request(&lm, 8, SamplerParams { steps: 8, cache_refresh: 1, ..Default::default() }), &mut NoHook)
+        .infill(
+            &request(
+                &lm,
+                8,
+                SamplerParams {
+                    steps: 8,
+                    cache_refresh: 1,
+                    ..Default::default()
+                },
+            ),
+            &mut NoHook,
+        )
         .unwrap();
     assert_eq!(out.stats.full_passes, out.stats.forward_passes);
 }
@@ -79,8 +109,23 @@ fn exact_refresh_runs_a_full_pass_every_step() {
 #[test]
 fn cancellation_stops_within_one_step() {
     let lm = lm();
-    let mut rec = Recorder { cancel_after: Some(2), ..Default::default() };
-    let out = lm.infill(&request(&lm, 16, SamplerParams { steps: 8, ..Default::default() }), &mut rec).unwrap();
+    let mut rec = Recorder {
+        cancel_after: Some(2),
+        ..Default::default()
+    };
+    let out = lm
+        .infill(
+            &request(
+                &lm,
+                16,
+                SamplerParams {
+                    steps: 8,
+                    ..Default::default()
+                },
+            ),
+            &mut rec,
+        )
+        .unwrap();
     assert!(out.stats.cancelled);
     assert!(out.completions.is_empty());
     assert_eq!(out.stats.forward_passes, 2);
@@ -89,23 +134,65 @@ fn cancellation_stops_within_one_step() {
 #[test]
 fn rejected_candidates_are_dropped_and_batch_is_reproducible() {
     let lm = lm();
-    let params = SamplerParams { steps: 4, candidates: 3, temperature: 0.9, seed: 42, ..Default::default() };
-    let mut rec = Recorder { reject: Some(1), ..Default::default() };
-    let out = lm.infill(&request(&lm, 12, params.clone()), &mut rec).unwrap();
+    let params = SamplerParams {
+        steps: 4,
+        candidates: 3,
+        temperature: 0.9,
+        seed: 42,
+        ..Default::default()
+    };
+    let mut rec = Recorder {
+        reject: Some(1),
+        ..Default::default()
+    };
+    let out = lm
+        .infill(&request(&lm, 12, params.clone()), &mut rec)
+        .unwrap();
     assert!(out.completions.iter().all(|c| c.candidate != 1));
     assert_eq!(out.stats.rejected, 1);
-    let again = lm.infill(&request(&lm, 12, params), &mut Recorder { reject: Some(1), ..Default::default() }).unwrap();
-    let texts = |o: &model::InfillOutput| o.completions.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+    let again = lm
+        .infill(
+            &request(&lm, 12, params),
+            &mut Recorder {
+                reject: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let texts = |o: &model::InfillOutput| {
+        o.completions
+            .iter()
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(texts(&out), texts(&again));
     // Ranked by mean log-probability.
-    assert!(out.completions.windows(2).all(|w| w[0].mean_logprob >= w[1].mean_logprob));
+    assert!(out
+        .completions
+        .windows(2)
+        .all(|w| w[0].mean_logprob >= w[1].mean_logprob));
 }
 
 #[test]
 fn remask_at_the_end_takes_extra_steps() {
     let lm = lm();
-    let mut rec = Recorder { remask_once: true, ..Default::default() };
-    let out = lm.infill(&request(&lm, 8, SamplerParams { steps: 2, ..Default::default() }), &mut rec).unwrap();
+    let mut rec = Recorder {
+        remask_once: true,
+        ..Default::default()
+    };
+    let out = lm
+        .infill(
+            &request(
+                &lm,
+                8,
+                SamplerParams {
+                    steps: 2,
+                    ..Default::default()
+                },
+            ),
+            &mut rec,
+        )
+        .unwrap();
     assert!(out.stats.steps > 2, "{:?}", out.stats);
     assert_eq!(out.stats.remasked, 2);
     assert_eq!(out.completions.len(), 1);
@@ -114,19 +201,27 @@ fn remask_at_the_end_takes_extra_steps() {
 #[test]
 fn bad_requests_are_errors_not_panics() {
     let lm = lm();
-    assert!(lm.infill(&request(&lm, 0, SamplerParams::default()), &mut NoHook).is_err());
+    assert!(lm
+        .infill(&request(&lm, 0, SamplerParams::default()), &mut NoHook)
+        .is_err());
     let mut req = request(&lm, 4, SamplerParams::default());
     req.prefix.push(1_000_000);
     assert!(lm.infill(&req, &mut NoHook).is_err());
     let mut req = request(&lm, 4, SamplerParams::default());
     req.prefix = vec![5; 300];
-    assert!(lm.infill(&req, &mut NoHook).is_err(), "past max_position_embeddings");
+    assert!(
+        lm.infill(&req, &mut NoHook).is_err(),
+        "past max_position_embeddings"
+    );
 }
 
 #[test]
 fn context_cache_reuses_keys_across_requests() {
     let lm = lm();
-    let params = SamplerParams { steps: 4, ..Default::default() };
+    let params = SamplerParams {
+        steps: 4,
+        ..Default::default()
+    };
     let mut cache = model::ContextCache::default();
     let req = request(&lm, 8, params.clone());
     let fresh = lm.infill(&req, &mut NoHook).unwrap();
@@ -141,11 +236,20 @@ fn context_cache_reuses_keys_across_requests() {
     let mut typed = request(&lm, 8, params.clone());
     typed.prefix.extend(lm.encode("let").unwrap());
     typed.suffix.insert(0, typed.suffix[0]);
-    let edited = lm.infill_with_cache(&typed, &mut NoHook, &mut cache).unwrap();
+    let edited = lm
+        .infill_with_cache(&typed, &mut NoHook, &mut cache)
+        .unwrap();
     assert!(edited.stats.context_reused);
     assert_eq!(edited.completions.len(), 1);
-    let other = InfillRequest { prefix: lm.encode("struct S;\n").unwrap(), suffix: vec![], span_len: 4, params };
-    let rebuilt = lm.infill_with_cache(&other, &mut NoHook, &mut cache).unwrap();
+    let other = InfillRequest {
+        prefix: lm.encode("struct S;\n").unwrap(),
+        suffix: vec![],
+        span_len: 4,
+        params,
+    };
+    let rebuilt = lm
+        .infill_with_cache(&other, &mut NoHook, &mut cache)
+        .unwrap();
     assert!(!rebuilt.stats.context_reused);
     assert_eq!((cache.reused, cache.rebuilt), (2, 2));
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use candle_nn::Optimizer;
 use clap::Parser;
-use model::config::{Config, LogitsConvention, WeightFamily};
+use model::config::Config;
 use model::tokenizer::Tokenizer;
 use model::train::{collate, diffusion_loss, init_params, SampleMaker, Trainable};
 use model::transformer::Exec;
@@ -105,25 +105,16 @@ fn main() -> anyhow::Result<()> {
             (cfg, params)
         }
         None => {
-            let probe = Config {
-                vocab_size: 0,
-                hidden_size: args.hidden,
-                intermediate_size: args.ffn,
-                num_hidden_layers: args.layers,
-                num_attention_heads: args.heads,
-                num_key_value_heads: args.kv_heads,
-                // RoPE does not extrapolate far past the trained length: advertise that length.
-                max_position_embeddings: args.seq_len,
-                rms_norm_eps: 1e-6,
-                rope_theta: 10_000.0,
-                tie_word_embeddings: true,
-                qkv_bias: true,
-                logits: LogitsConvention::InPlace,
-                family: WeightFamily::Qwen2,
-                mask_token_id: None,
-                pad_token_id: None,
-                eos_token_id: None,
-            };
+            // RoPE does not extrapolate far past the trained length: advertise that length.
+            let probe = Config::default_family(
+                0,
+                args.hidden,
+                args.layers,
+                args.heads,
+                args.kv_heads,
+                args.ffn,
+                args.seq_len,
+            );
             let tok = tokenizers::Tokenizer::from_file(&args.tokenizer)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", args.tokenizer.display()))?;
             let vocab = tok.get_vocab_size(true).div_ceil(64) * 64;
@@ -139,28 +130,50 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let tokenizer = Tokenizer::from_file(&args.tokenizer, &cfg)?;
-    eprintln!("model: {:.2}M params, vocab {}", cfg.num_params() as f64 / 1e6, cfg.vocab_size);
+    eprintln!(
+        "model: {:.2}M params, vocab {}",
+        cfg.num_params() as f64 / 1e6,
+        cfg.vocab_size
+    );
     let train = read_texts(&args.corpus.join("train.jsonl"))?;
     let val = read_texts(&args.corpus.join("val.jsonl"))?;
     let train_bytes: usize = train.iter().map(String::len).sum();
-    eprintln!("corpus: {} train files ({:.1} MB), {} val files", train.len(), train_bytes as f64 / 1e6, val.len());
+    eprintln!(
+        "corpus: {} train files ({:.1} MB), {} val files",
+        train.len(),
+        train_bytes as f64 / 1e6,
+        val.len()
+    );
 
     let trainable = Trainable::new(&cfg, params, &device)?;
     let mut opt = trainable.optimizer(args.lr, 0.01)?;
     std::fs::create_dir_all(&args.out)?;
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join("log.jsonl"))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.out.join("log.jsonl"))?;
     let prior_tokens = read_prior_tokens(&args.out.join("log.jsonl"));
 
     // Batches are made on a separate thread so tokenizing overlaps the matmuls.
     let (tx, rx) = mpsc::sync_channel(4);
     {
-        let (seq_len, batch, infill_share, max_span, seed) =
-            (args.seq_len, args.batch, args.infill_share, args.max_span, args.seed);
+        let (seq_len, batch, infill_share, max_span, seed) = (
+            args.seq_len,
+            args.batch,
+            args.infill_share,
+            args.max_span,
+            args.seed,
+        );
         let tok_path = args.tokenizer.clone();
         let cfg = cfg.clone();
         std::thread::spawn(move || -> anyhow::Result<()> {
             let tokenizer = Tokenizer::from_file(&tok_path, &cfg)?;
-            let maker = SampleMaker { tokenizer: &tokenizer, seq_len, infill_share, max_span };
+            let maker = SampleMaker {
+                tokenizer: &tokenizer,
+                seq_len,
+                infill_share,
+                max_span,
+            };
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ prior_tokens as u64);
             loop {
                 let mut samples = Vec::with_capacity(batch);
@@ -176,7 +189,12 @@ fn main() -> anyhow::Result<()> {
     }
     // A fixed validation set.
     let val_batches = {
-        let maker = SampleMaker { tokenizer: &tokenizer, seq_len: args.seq_len, infill_share: args.infill_share, max_span: args.max_span };
+        let maker = SampleMaker {
+            tokenizer: &tokenizer,
+            seq_len: args.seq_len,
+            infill_share: args.infill_share,
+            max_span: args.max_span,
+        };
         let mut rng = StdRng::seed_from_u64(1234);
         (0..6)
             .map(|_| {
@@ -190,16 +208,23 @@ fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(1000);
-    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {permille}‰ {msg}")?);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {permille}‰ {msg}",
+    )?);
     let mut tokens_seen = prior_tokens;
     let mut ema: Option<f32> = None;
     for step in 1..=args.steps {
-        let progress = (step as f64 / args.steps as f64).max(started.elapsed().as_secs_f64() / (args.minutes * 60.0));
+        let progress = (step as f64 / args.steps as f64)
+            .max(started.elapsed().as_secs_f64() / (args.minutes * 60.0));
         if progress >= 1.0 {
             break;
         }
         let warm = (step as f64 / args.warmup.max(1) as f64).min(1.0);
-        let decay = if progress > 0.8 { 1.0 - 0.9 * (progress - 0.8) / 0.2 } else { 1.0 };
+        let decay = if progress > 0.8 {
+            1.0 - 0.9 * (progress - 0.8) / 0.2
+        } else {
+            1.0
+        };
         opt.set_learning_rate(args.lr * warm * decay);
         let samples = rx.recv()?;
         let batch = collate(&samples, &device, DType::F32)?;
@@ -208,7 +233,12 @@ fn main() -> anyhow::Result<()> {
         ema = Some(ema.map_or(loss, |e| 0.98 * e + 0.02 * loss));
         let tok_s = (tokens_seen - prior_tokens) as f64 / started.elapsed().as_secs_f64();
         bar.set_position((progress * 1000.0) as u64);
-        bar.set_message(format!("step {step} loss {:.3} {:.0} tok/s {:.1}M tokens", ema.unwrap(), tok_s, tokens_seen as f64 / 1e6));
+        bar.set_message(format!(
+            "step {step} loss {:.3} {:.0} tok/s {:.1}M tokens",
+            ema.unwrap(),
+            tok_s,
+            tokens_seen as f64 / 1e6
+        ));
         let mut entry = serde_json::json!({
             "step": step, "tokens": tokens_seen, "loss": loss, "lr": args.lr * warm * decay,
             "elapsed_s": started.elapsed().as_secs_f64(),
@@ -227,7 +257,10 @@ fn main() -> anyhow::Result<()> {
     }
     save(&trainable, &args)?;
     bar.finish();
-    eprintln!("done: {:.1}M tokens seen in total", tokens_seen as f64 / 1e6);
+    eprintln!(
+        "done: {:.1}M tokens seen in total",
+        tokens_seen as f64 / 1e6
+    );
     Ok(())
 }
 
@@ -243,7 +276,11 @@ fn save(t: &Trainable, args: &Args) -> anyhow::Result<()> {
 fn read_prior_tokens(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .ok()
-        .and_then(|s| s.lines().last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()))
+        .and_then(|s| {
+            s.lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        })
         .and_then(|v| v.get("tokens").and_then(|t| t.as_u64()))
         .unwrap_or(0) as usize
 }
