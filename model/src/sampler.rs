@@ -760,8 +760,8 @@ pub fn infill_cached(
                     cand.alive = false;
                     stats.rejected += 1;
                 }
-                Verdict::Remask(positions) if step + 1 >= max_steps => {
-                    let _ = positions;
+                // No step left to re-predict the positions: the candidate cannot be repaired.
+                Verdict::Remask(_) if step + 1 >= max_steps => {
                     cand.alive = false;
                     stats.rejected += 1;
                 }
