@@ -60,6 +60,7 @@ fn forward_flops(cfg: &Config, l: usize) -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
+    model::pin_thread_count();
     let models = models();
     let dev = Device::Cpu;
 

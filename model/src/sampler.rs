@@ -232,25 +232,47 @@ fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     p
 }
 
+/// The prediction at one position from its logits `row` and their softmax `probs`; `banned`
+/// (the end token before `min_tokens`) is taken out and the rest renormalised.
 fn propose(
     row: &[f32],
+    probs: &[f32],
+    banned: Option<usize>,
     order: ConfidenceOrder,
     temperature: f32,
     top_p: f32,
     rng: &mut StdRng,
 ) -> Proposal {
-    let probs = softmax(row, 1.0);
+    let renormalised;
+    let probs = match banned {
+        Some(b) => {
+            let keep = (1.0 - probs[b]).max(f32::MIN_POSITIVE);
+            renormalised = probs
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if i == b { 0.0 } else { x / keep })
+                .collect::<Vec<f32>>();
+            &renormalised[..]
+        }
+        None => probs,
+    };
     let token = if temperature > 0.0 {
-        sample_top_p(&softmax(row, temperature), top_p, rng)
+        let mut tempered = softmax(row, temperature);
+        if let Some(b) = banned {
+            let keep = (1.0 - tempered[b]).max(f32::MIN_POSITIVE);
+            tempered[b] = 0.0;
+            tempered.iter_mut().for_each(|x| *x /= keep);
+        }
+        sample_top_p(&tempered, top_p, rng)
     } else {
-        argmax(&probs)
+        argmax(probs)
     };
     let p = probs[token];
     let confidence = match order {
         ConfidenceOrder::MaxProb => p,
         ConfidenceOrder::Margin => {
             let (mut a, mut b) = (0.0f32, 0.0f32);
-            for &x in &probs {
+            for &x in probs {
                 if x > a {
                     b = a;
                     a = x;
@@ -677,23 +699,25 @@ pub fn infill_cached(
             let rows = &logits[if logits.len() == 1 { 0 } else { r }];
             let cand = &mut cands[c];
             let (order, temp, top_p) = (params.order, cand.temperature, params.top_p);
+            // One softmax per position and step, for every position that is not auto-filled.
+            let probs: Vec<Option<Vec<f32>>> = (0..n)
+                .map(|j| (!cand.auto_end[j]).then(|| softmax(&rows[j], 1.0)))
+                .collect();
             // Refresh confidences of committed tokens (for self-correction and the hook).
             for j in 0..n {
-                if let (Some(t), false) = (cand.tokens[j], cand.auto_end[j]) {
-                    cand.conf[j] = softmax(&rows[j], 1.0)[t as usize];
+                if let (Some(t), Some(p)) = (cand.tokens[j], &probs[j]) {
+                    cand.conf[j] = p[t as usize];
                 }
             }
             let masked = cand.masked_before_end(special.end);
             let proposals: Vec<(usize, Proposal)> = masked
                 .iter()
                 .map(|&j| {
-                    let pr = if j < params.min_tokens {
-                        let mut row = rows[j].clone();
-                        row[special.end as usize] = f32::NEG_INFINITY;
-                        propose(&row, order, temp, top_p, &mut cand.rng)
-                    } else {
-                        propose(&rows[j], order, temp, top_p, &mut cand.rng)
-                    };
+                    let banned = (j < params.min_tokens).then_some(special.end as usize);
+                    let p = probs[j]
+                        .as_deref()
+                        .expect("masked positions are not auto-filled");
+                    let pr = propose(&rows[j], p, banned, order, temp, top_p, &mut cand.rng);
                     (j, pr)
                 })
                 .collect();
@@ -718,7 +742,8 @@ pub fn infill_cached(
             for &i in order_idx.iter().take(k) {
                 let (j, pr) = &proposals[i];
                 cand.tokens[*j] = Some(pr.token);
-                cand.conf[*j] = softmax(&rows[*j], 1.0)[pr.token as usize];
+                // Unrenormalised, like the refresh at the next step.
+                cand.conf[*j] = probs[*j].as_ref().expect("was masked")[pr.token as usize];
                 cand.logp[*j] = pr.logp;
                 committed_now[*j] = true;
             }

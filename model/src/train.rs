@@ -16,7 +16,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{padding_bias, parameter_shapes, Exec, Transformer};
+use crate::transformer::{padding_bias, parameter_shapes, Exec, Transformer, WeightLayout};
 use crate::weights::TensorStore;
 
 /// Random initial weights with the checkpoint's names: normal(0, 0.02) matrices (output
@@ -387,10 +387,11 @@ impl Trainable {
             map.insert(name.clone(), var.as_tensor().clone());
             vars.push((name, var));
         }
-        let model = Transformer::new(
+        let model = Transformer::with_layout(
             cfg,
             &TensorStore::from_map(map, Path::new("(training)")),
             device,
+            WeightLayout::Training,
         )?;
         Ok(Self {
             cfg: cfg.clone(),

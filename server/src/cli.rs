@@ -41,7 +41,10 @@ pub fn cursor_byte(rope: &ropey::Rope, line: usize, col: usize) -> anyhow::Resul
         bail!("--line and --col are 1-based");
     }
     if line > rope.len_lines() {
-        bail!("line {line} is past the end of the file ({} lines)", rope.len_lines());
+        bail!(
+            "line {line} is past the end of the file ({} lines)",
+            rope.len_lines()
+        );
     }
     let start = rope.line_to_char(line - 1);
     let text = rope.line(line - 1).to_string();
@@ -50,18 +53,27 @@ pub fn cursor_byte(rope: &ropey::Rope, line: usize, col: usize) -> anyhow::Resul
 }
 
 pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let grammar = language::by_path(&args.file);
     let snapshot = Snapshot::from_text(&format!("file://{}", args.file.display()), grammar, &text);
     let at = cursor_byte(&snapshot.rope, args.line, args.col)?;
     let t0 = Instant::now();
-    let lm = ModelSource::from_option(args.model).load().context("loading the model")?;
+    let lm = ModelSource::from_option(args.model)
+        .load()
+        .context("loading the model")?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut settings = Settings::default();
     settings.steps = args.steps.unwrap_or(settings.steps);
     settings.candidates = args.candidates.unwrap_or(settings.candidates);
     settings.verify = !args.no_verify;
-    let req = Request { snapshot, target: Target::Cursor(at), settings, span_len: None, cancel: CancelToken::default() };
+    let req = Request {
+        snapshot,
+        target: Target::Cursor(at),
+        settings,
+        span_len: None,
+        cancel: CancelToken::default(),
+    };
     let answer = complete::complete(&lm, &req, None)?;
     let s = &answer.stats;
     let mut out = std::io::stdout().lock();
@@ -69,7 +81,12 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
         writeln!(out, "(no completion)")?;
     }
     for (i, item) in answer.items.iter().enumerate() {
-        writeln!(out, "--- completion {} (mean logprob {:.3}) ---", i + 1, item.mean_logprob)?;
+        writeln!(
+            out,
+            "--- completion {} (mean logprob {:.3}) ---",
+            i + 1,
+            item.mean_logprob
+        )?;
         writeln!(out, "{}", item.text)?;
     }
     writeln!(

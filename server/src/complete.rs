@@ -73,14 +73,22 @@ pub fn sampler_params(settings: &Settings) -> SamplerParams {
         steps: settings.steps,
         candidates: settings.candidates,
         temperature: settings.temperature,
-        max_extra_steps: if settings.verify { MAX_FINAL_RETRIES } else { 0 },
+        max_extra_steps: if settings.verify {
+            MAX_FINAL_RETRIES
+        } else {
+            0
+        },
         ..SamplerParams::default()
     }
 }
 
 /// Runs one request. `cache` holds the context keys/values of the previous request on the
 /// same document (server); `None` computes them afresh (CLI, eval).
-pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache>) -> Result<Answer, CompleteError> {
+pub fn complete(
+    lm: &DiffusionLm,
+    req: &Request,
+    cache: Option<&mut ContextCache>,
+) -> Result<Answer, CompleteError> {
     let t0 = Instant::now();
     let snap = &req.snapshot;
     if snap.rope.len_bytes() > MAX_SYNTAX_BYTES {
@@ -95,15 +103,25 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
     // share it.
     let max_positions = lm.config().max_position_embeddings;
     plan.span_len = plan.span_len.min(max_positions / 2).max(1);
-    let budget = req.settings.context_tokens.min(max_positions - plan.span_len);
+    let budget = req
+        .settings
+        .context_tokens
+        .min(max_positions - plan.span_len);
     let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut site = if req.settings.verify { Site::new(snap, plan.replace.clone()) } else { None };
+    let mut site = if req.settings.verify {
+        Site::new(snap, plan.replace.clone())
+    } else {
+        None
+    };
     let infill = InfillRequest {
         prefix: window.prefix,
         suffix: window.suffix,
         span_len: plan.span_len,
-        params: SamplerParams { min_tokens: plan.min_tokens.min(plan.span_len), ..sampler_params(&req.settings) },
+        params: SamplerParams {
+            min_tokens: plan.min_tokens.min(plan.span_len),
+            ..sampler_params(&req.settings)
+        },
     };
     let mut hook = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
     let out = match cache {
@@ -130,7 +148,9 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
     if !stats.cancelled {
         for c in out.completions {
             tracing::debug!(candidate = c.candidate, raw = ?c.text, logprob = c.mean_logprob, "candidate");
-            let Some(text) = plan.finish.apply(&c.text) else { continue };
+            let Some(text) = plan.finish.apply(&c.text) else {
+                continue;
+            };
             // The final word: whatever the sampler did with our verdicts, never return a
             // candidate that adds a syntax error.
             if let Some(site) = site.as_mut() {
@@ -141,7 +161,10 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
                 }
             }
             if !items.iter().any(|i| i.text == text) {
-                items.push(Item { text, mean_logprob: c.mean_logprob });
+                items.push(Item {
+                    text,
+                    mean_logprob: c.mean_logprob,
+                });
             }
         }
     }
@@ -153,5 +176,10 @@ pub fn complete(lm: &DiffusionLm, req: &Request, cache: Option<&mut ContextCache
         rejections = stats.rejections, cancelled = stats.cancelled, ms = stats.total_ms,
         "completion"
     );
-    Ok(Answer { kind: plan.kind, replace: plan.replace, items, stats })
+    Ok(Answer {
+        kind: plan.kind,
+        replace: plan.replace,
+        items,
+        stats,
+    })
 }

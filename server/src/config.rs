@@ -68,7 +68,11 @@ impl Settings {
         self.steps = self.steps.clamp(1, 256);
         self.max_span_tokens = self.max_span_tokens.clamp(1, 2048);
         self.candidates = self.candidates.clamp(1, 16);
-        self.temperature = if self.temperature.is_finite() { self.temperature.clamp(0.0, 4.0) } else { 0.0 };
+        self.temperature = if self.temperature.is_finite() {
+            self.temperature.clamp(0.0, 4.0)
+        } else {
+            0.0
+        };
         self.context_tokens = self.context_tokens.clamp(16, 16_384);
         self.debounce_ms = self.debounce_ms.min(5_000);
     }
@@ -110,9 +114,13 @@ mod tests {
 
     #[test]
     fn merges_partial_and_nested() {
-        let s = Settings::default().merged(&json!({"steps": 4, "verify": false})).unwrap();
+        let s = Settings::default()
+            .merged(&json!({"steps": 4, "verify": false}))
+            .unwrap();
         assert_eq!((s.steps, s.verify, s.context_tokens), (4, false, 1024));
-        let s = s.merged(&json!({"diffusion-ls": {"candidates": 3}})).unwrap();
+        let s = s
+            .merged(&json!({"diffusion-ls": {"candidates": 3}}))
+            .unwrap();
         assert_eq!((s.steps, s.candidates), (4, 3));
         assert!(s.merged(&json!({"steps": "many"})).is_err());
         assert_eq!(s.merged(&json!({"steps": 0})).unwrap().steps, 1);

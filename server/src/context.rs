@@ -78,19 +78,27 @@ pub fn plan(
             let at = check(rope, *at)?;
             (cursor_kind(rope, at), at..at)
         }
-        Target::Selection(r) => (SpanKind::Selection, check(rope, r.start)?..check(rope, r.end)?),
+        Target::Selection(r) => (
+            SpanKind::Selection,
+            check(rope, r.start)?..check(rope, r.end)?,
+        ),
         Target::Function(at) => {
             let at = check(rope, *at)?;
             let (Some(tree), Some(grammar)) = (&snap.tree, snap.grammar) else {
                 return Err(PlanError::NoSyntax);
             };
-            (SpanKind::Function, syntax::function_body(tree, grammar, at).ok_or(PlanError::NoFunction)?)
+            (
+                SpanKind::Function,
+                syntax::function_body(tree, grammar, at).ok_or(PlanError::NoFunction)?,
+            )
         }
     };
     debug_assert!(replace.end <= len);
     let max = settings.max_span_tokens.max(1);
     let original = match kind {
-        SpanKind::Selection | SpanKind::Function => count_tokens(&rope.byte_slice(replace.clone()).to_string()),
+        SpanKind::Selection | SpanKind::Function => {
+            count_tokens(&rope.byte_slice(replace.clone()).to_string())
+        }
         _ => 0,
     };
     let span_len = match kind {
@@ -100,13 +108,27 @@ pub fn plan(
         SpanKind::Selection | SpanKind::Function => original + (original / 4).max(4) + 1,
     }
     .min(max);
-    let min_tokens = if kind == SpanKind::Function { (original / 2).clamp(1, span_len) } else { 1 };
+    let min_tokens = if kind == SpanKind::Function {
+        (original / 2).clamp(1, span_len)
+    } else {
+        1
+    };
     let finish = Finish::new(rope, &replace, kind == SpanKind::Line);
-    Ok(Plan { kind, replace, span_len, min_tokens, finish })
+    Ok(Plan {
+        kind,
+        replace,
+        span_len,
+        min_tokens,
+        finish,
+    })
 }
 
 fn check(rope: &Rope, at: usize) -> Result<usize, PlanError> {
-    if at > rope.len_bytes() || !rope.try_byte_to_char(at).is_ok_and(|c| rope.char_to_byte(c) == at) {
+    if at > rope.len_bytes()
+        || !rope
+            .try_byte_to_char(at)
+            .is_ok_and(|c| rope.char_to_byte(c) == at)
+    {
         return Err(PlanError::OutOfRange(at));
     }
     Ok(at)
@@ -122,7 +144,11 @@ pub fn is_closing(c: char) -> bool {
 fn line_around(rope: &Rope, at: usize) -> (String, String) {
     let line = rope.byte_to_line(at);
     let start = rope.line_to_byte(line);
-    let end = if line + 1 < rope.len_lines() { rope.line_to_byte(line + 1) } else { rope.len_bytes() };
+    let end = if line + 1 < rope.len_lines() {
+        rope.line_to_byte(line + 1)
+    } else {
+        rope.len_bytes()
+    };
     let before = rope.byte_slice(start..at).to_string();
     let after = rope.byte_slice(at..end).to_string();
     (before, after.trim_end_matches(['\n', '\r']).to_string())
@@ -139,7 +165,11 @@ pub fn cursor_kind(rope: &Rope, at: usize) -> SpanKind {
         return SpanKind::Block;
     }
     if before.trim().is_empty() {
-        let prev = rope.byte_slice(..at).chars_at(rope.byte_to_char(at)).reversed().find(|c| !c.is_whitespace());
+        let prev = rope
+            .byte_slice(..at)
+            .chars_at(rope.byte_to_char(at))
+            .reversed()
+            .find(|c| !c.is_whitespace());
         let next = rope.byte_slice(at..).chars().find(|c| !c.is_whitespace());
         if prev == Some('{') && next == Some('}') {
             return SpanKind::Block;
@@ -173,10 +203,17 @@ impl Finish {
             .collect::<String>()
             .lines()
             .map(str::trim)
-            .find(|l| !l.chars().all(|c| is_closing(c) || matches!(c, '{' | '(' | '[')))
+            .find(|l| {
+                !l.chars()
+                    .all(|c| is_closing(c) || matches!(c, '{' | '(' | '['))
+            })
             .filter(|l| l.len() >= 3)
             .map(str::to_string);
-        Finish { single_line, suffix_head: head, next_line }
+        Finish {
+            single_line,
+            suffix_head: head,
+            next_line,
+        }
     }
 
     /// Length of the prefix of `text` that is kept: cut at a line break (single-line spans), cut
@@ -301,14 +338,22 @@ pub fn window<E>(
     let line_start_from = |b: usize| -> usize {
         // First line start at or after `b` (whole lines: no word fragment at the edge).
         let line = rope.byte_to_line(b);
-        if rope.line_to_byte(line) == b { b } else { rope.line_to_byte((line + 1).min(rope.len_lines() - 1)) }
+        if rope.line_to_byte(line) == b {
+            b
+        } else {
+            rope.line_to_byte((line + 1).min(rope.len_lines() - 1))
+        }
     };
     let from = match replace.start.saturating_sub(bytes) / EDGE_BYTES * EDGE_BYTES {
         0 => 0,
         b => line_start_from(b).min(replace.start),
     };
     let to = ((replace.end + bytes) / EDGE_BYTES + 1) * EDGE_BYTES;
-    let to = if to >= len { len } else { line_start_from(to).max(replace.end) };
+    let to = if to >= len {
+        len
+    } else {
+        line_start_from(to).max(replace.end)
+    };
     let prefix = encode(&rope.byte_slice(from..replace.start).to_string())?;
     let suffix = encode(&rope.byte_slice(replace.end..to).to_string())?;
     let prefix_budget = budget * 3 / 4;
@@ -316,9 +361,16 @@ pub fn window<E>(
     // What a short prefix leaves over goes to the suffix, in whole quanta.
     let spare = prefix_budget.saturating_sub(prefix.len()) / quantum * quantum;
     let s_take = suffix.len().min(suffix_budget + spare);
-    let drop = prefix.len().saturating_sub(budget - s_take).div_ceil(quantum) * quantum;
+    let drop = prefix
+        .len()
+        .saturating_sub(budget - s_take)
+        .div_ceil(quantum)
+        * quantum;
     let prefix = prefix[drop.min(prefix.len())..].to_vec();
-    Ok(Window { prefix, suffix: suffix[..s_take].to_vec() })
+    Ok(Window {
+        prefix,
+        suffix: suffix[..s_take].to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -335,7 +387,10 @@ mod tests {
         let cases = [
             ("fn f() {\n    let x = foo($0);\n}\n", SpanKind::Line),
             ("fn f() {\n    let x = $0\n}\n", SpanKind::Line),
-            ("fn f() {\n    let x = 1;\n    $0\n    g();\n}\n", SpanKind::Line),
+            (
+                "fn f() {\n    let x = 1;\n    $0\n    g();\n}\n",
+                SpanKind::Line,
+            ),
             ("fn f() {$0}\n", SpanKind::Block),
             ("fn f() {\n    if x {$0\n}\n", SpanKind::Block),
             ("fn f() {\n    $0\n}\n", SpanKind::Block),
@@ -355,20 +410,39 @@ mod tests {
 
     #[test]
     fn trims_overlap_only_when_surplus() {
-        assert_eq!(finish(");\n}", true).apply("foo(x));").as_deref(), Some("foo(x)"));
-        assert_eq!(finish(")\n", true).apply("foo(x)").as_deref(), Some("foo(x)"));
-        assert_eq!(finish(";\n", true).apply("foo();").as_deref(), Some("foo()"));
+        assert_eq!(
+            finish(");\n}", true).apply("foo(x));").as_deref(),
+            Some("foo(x)")
+        );
+        assert_eq!(
+            finish(")\n", true).apply("foo(x)").as_deref(),
+            Some("foo(x)")
+        );
+        assert_eq!(
+            finish(";\n", true).apply("foo();").as_deref(),
+            Some("foo()")
+        );
         assert_eq!(finish("\"\n", true).apply("abc\"").as_deref(), Some("abc"));
-        assert_eq!(finish("}\n", false).apply("\n    x();\n}").as_deref(), Some("\n    x();\n"));
+        assert_eq!(
+            finish("}\n", false).apply("\n    x();\n}").as_deref(),
+            Some("\n    x();\n")
+        );
         assert_eq!(finish("\n", true).apply("a\nb").as_deref(), Some("a"));
         assert_eq!(finish("\n", true).apply("   \nb"), None);
-        assert_eq!(finish("\n", true).apply("ab\u{FFFD}c").as_deref(), Some("ab"));
+        assert_eq!(
+            finish("\n", true).apply("ab\u{FFFD}c").as_deref(),
+            Some("ab")
+        );
     }
 
     #[test]
     fn stops_at_suffix_repeat() {
         let f = finish("\n    r.assert_no_errors();\n}\n", false);
-        assert_eq!(f.apply("let r = run();\n    r.assert_no_errors();\n").as_deref(), Some("let r = run();"));
+        assert_eq!(
+            f.apply("let r = run();\n    r.assert_no_errors();\n")
+                .as_deref(),
+            Some("let r = run();")
+        );
         assert_eq!(f.apply("r.assert_no_errors();"), None);
     }
 
@@ -407,6 +481,9 @@ mod tests {
             }
             last = Some(w.prefix);
         }
-        assert!(moves <= 4, "the window start moved {moves} times in 200 keystrokes");
+        assert!(
+            moves <= 4,
+            "the window start moved {moves} times in 200 keystrokes"
+        );
     }
 }

@@ -103,11 +103,16 @@ impl Document {
     /// `\n` count only after a lone `\r`; the server reads byte ranges, never points.
     fn point(&self, byte: usize) -> Point {
         let row = self.rope.byte_to_line(byte);
-        Point { row, column: byte - self.rope.line_to_byte(row) }
+        Point {
+            row,
+            column: byte - self.rope.line_to_byte(row),
+        }
     }
 
     fn reparse(&mut self) {
-        let Some(parser) = &mut self.parser else { return };
+        let Some(parser) = &mut self.parser else {
+            return;
+        };
         if self.rope.len_bytes() > MAX_SYNTAX_BYTES {
             self.tree = None;
             return;
@@ -146,7 +151,10 @@ impl Document {
 impl Snapshot {
     /// A snapshot of text that is not open in an editor (CLI, eval).
     pub fn from_text(uri: &str, grammar: Option<&'static Grammar>, text: &str) -> Snapshot {
-        let language_id = grammar.and_then(|g| g.language_ids.first()).copied().unwrap_or("plaintext");
+        let language_id = grammar
+            .and_then(|g| g.language_ids.first())
+            .copied()
+            .unwrap_or("plaintext");
         Document::new(language_id, 0, text).snapshot(uri)
     }
 }
@@ -156,31 +164,69 @@ mod tests {
     use super::*;
 
     fn change(l0: u32, c0: u32, l1: u32, c1: u32, text: &str) -> TextChange {
-        TextChange { range: Some((LineCol::new(l0, c0), LineCol::new(l1, c1))), text: text.into() }
+        TextChange {
+            range: Some((LineCol::new(l0, c0), LineCol::new(l1, c1))),
+            text: text.into(),
+        }
     }
 
     #[test]
     fn incremental_edits_match_fresh_parse() {
         let mut doc = Document::new("rust", 1, "fn main() {\n    let s = \"é😀\";\n}\n");
         // Insert after the emoji (UTF-16: `    let s = "é` is 14 units, the emoji 2 more).
-        doc.apply_changes(&[change(1, 16, 1, 16, "日本")], 2, Encoding::Utf16).unwrap();
-        assert_eq!(doc.rope.to_string(), "fn main() {\n    let s = \"é😀日本\";\n}\n");
-        doc.apply_changes(&[change(1, 4, 1, 7, "const"), change(2, 0, 2, 1, "}\nfn f() {}")], 3, Encoding::Utf8)
+        doc.apply_changes(&[change(1, 16, 1, 16, "日本")], 2, Encoding::Utf16)
             .unwrap();
+        assert_eq!(
+            doc.rope.to_string(),
+            "fn main() {\n    let s = \"é😀日本\";\n}\n"
+        );
+        doc.apply_changes(
+            &[
+                change(1, 4, 1, 7, "const"),
+                change(2, 0, 2, 1, "}\nfn f() {}"),
+            ],
+            3,
+            Encoding::Utf8,
+        )
+        .unwrap();
         let text = doc.rope.to_string();
-        assert_eq!(text, "fn main() {\n    const s = \"é😀日本\";\n}\nfn f() {}\n");
-        let fresh = language::by_language_id("rust").unwrap().parser().parse(&text, None).unwrap();
-        assert_eq!(doc.tree().unwrap().root_node().to_sexp(), fresh.root_node().to_sexp());
+        assert_eq!(
+            text,
+            "fn main() {\n    const s = \"é😀日本\";\n}\nfn f() {}\n"
+        );
+        let fresh = language::by_language_id("rust")
+            .unwrap()
+            .parser()
+            .parse(&text, None)
+            .unwrap();
+        assert_eq!(
+            doc.tree().unwrap().root_node().to_sexp(),
+            fresh.root_node().to_sexp()
+        );
     }
 
     #[test]
     fn bad_range_is_an_error_not_a_panic() {
         let mut doc = Document::new("rust", 1, "a😀b");
-        assert!(doc.apply_changes(&[change(0, 2, 0, 2, "x")], 2, Encoding::Utf16).is_err());
-        assert!(doc.apply_changes(&[change(5, 0, 5, 0, "x")], 3, Encoding::Utf16).is_err());
-        assert!(doc.apply_changes(&[change(0, 3, 0, 1, "x")], 4, Encoding::Utf16).is_err());
+        assert!(doc
+            .apply_changes(&[change(0, 2, 0, 2, "x")], 2, Encoding::Utf16)
+            .is_err());
+        assert!(doc
+            .apply_changes(&[change(5, 0, 5, 0, "x")], 3, Encoding::Utf16)
+            .is_err());
+        assert!(doc
+            .apply_changes(&[change(0, 3, 0, 1, "x")], 4, Encoding::Utf16)
+            .is_err());
         assert_eq!(doc.rope.to_string(), "a😀b");
-        doc.apply_changes(&[TextChange { range: None, text: "fn x() {}".into() }], 5, Encoding::Utf16).unwrap();
+        doc.apply_changes(
+            &[TextChange {
+                range: None,
+                text: "fn x() {}".into(),
+            }],
+            5,
+            Encoding::Utf16,
+        )
+        .unwrap();
         assert!(doc.tree().is_some());
     }
 }

@@ -102,7 +102,8 @@ impl Caches {
                 if self.entries.len() >= CACHED_DOCUMENTS {
                     self.entries.remove(0);
                 }
-                self.entries.push((uri.to_string(), ContextCache::default()));
+                self.entries
+                    .push((uri.to_string(), ContextCache::default()));
                 self.entries.len() - 1
             }
         };
@@ -208,7 +209,8 @@ impl Engine {
             if cancel.is_cancelled() {
                 return;
             }
-            let r = catch_unwind(AssertUnwindSafe(|| f(lm, caches))).map_err(|p| panic_message(&*p));
+            let r =
+                catch_unwind(AssertUnwindSafe(|| f(lm, caches))).map_err(|p| panic_message(&*p));
             let _ = reply.send(r);
         });
         match self.tx.try_send(Msg::Run(job)) {
@@ -239,7 +241,10 @@ mod tests {
     use super::*;
 
     fn fixture() -> ModelSource {
-        ModelSource::Dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/qwen2-gqa-untied"))
+        ModelSource::Dir(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../model/tests/fixtures/qwen2-gqa-untied"),
+        )
     }
 
     #[tokio::test]
@@ -247,14 +252,26 @@ mod tests {
         let engine = Engine::start();
         engine.load(fixture());
         engine.ready().await.expect("fixture loads");
-        let r = engine.run(CancelToken::default(), |_, _| -> usize { panic!("boom") }).await;
-        assert!(matches!(r, Err(EngineError::Panicked(ref m)) if m == "boom"), "{r:?}");
-        let n = engine.run(CancelToken::default(), |lm, _| lm.encode("fn main() {}").unwrap().len()).await;
+        let r = engine
+            .run(CancelToken::default(), |_, _| -> usize { panic!("boom") })
+            .await;
+        assert!(
+            matches!(r, Err(EngineError::Panicked(ref m)) if m == "boom"),
+            "{r:?}"
+        );
+        let n = engine
+            .run(CancelToken::default(), |lm, _| {
+                lm.encode("fn main() {}").unwrap().len()
+            })
+            .await;
         assert!(n.unwrap() > 0);
         // A job cancelled before it starts never runs.
         let t = CancelToken::default();
         t.cancel();
-        assert!(matches!(engine.run(t, |_, _| ()).await, Err(EngineError::Cancelled)));
+        assert!(matches!(
+            engine.run(t, |_, _| ()).await,
+            Err(EngineError::Cancelled)
+        ));
     }
 
     #[tokio::test]
@@ -263,7 +280,10 @@ mod tests {
         engine.load(ModelSource::Dir("/nonexistent/model".into()));
         let e = engine.ready().await.unwrap_err();
         assert!(e.to_string().contains("/nonexistent/model"), "{e}");
-        assert!(matches!(engine.run(CancelToken::default(), |_, _| ()).await, Err(EngineError::NoModel(_))));
+        assert!(matches!(
+            engine.run(CancelToken::default(), |_, _| ()).await,
+            Err(EngineError::NoModel(_))
+        ));
     }
 
     #[test]

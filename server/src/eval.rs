@@ -115,7 +115,11 @@ impl Tally {
     }
 
     fn pct(a: usize, b: usize) -> f64 {
-        if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 }
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
     }
 
     fn percentile(&self, q: f64) -> f64 {
@@ -128,7 +132,11 @@ impl Tally {
     }
 
     fn es_pct(&self) -> f64 {
-        if self.n == 0 { 0.0 } else { 100.0 * self.es / self.n as f64 }
+        if self.n == 0 {
+            0.0
+        } else {
+            100.0 * self.es / self.n as f64
+        }
     }
 }
 
@@ -144,7 +152,9 @@ pub fn edit_similarity(a: &str, b: &str) -> f64 {
     for (i, ca) in a.iter().enumerate() {
         cur[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + (ca != cb) as usize)
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -156,14 +166,16 @@ fn squash(s: &str) -> String {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&args.cases).with_context(|| format!("opening {}", args.cases.display()))?;
+    let file = std::fs::File::open(&args.cases)
+        .with_context(|| format!("opening {}", args.cases.display()))?;
     let mut cases = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let case: Case = serde_json::from_str(&line).with_context(|| format!("{}:{}", args.cases.display(), i + 1))?;
+        let case: Case = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}", args.cases.display(), i + 1))?;
         if args.kinds.as_ref().is_some_and(|k| !k.contains(&case.kind)) {
             continue;
         }
@@ -173,8 +185,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     let t0 = Instant::now();
-    let lm = ModelSource::from_option(args.model.clone()).load().context("loading the model")?;
-    eprintln!("eval: {} loaded in {:.0} ms, {} cases", lm.describe(), t0.elapsed().as_secs_f64() * 1e3, cases.len());
+    let lm = ModelSource::from_option(args.model.clone())
+        .load()
+        .context("loading the model")?;
+    eprintln!(
+        "eval: {} loaded in {:.0} ms, {} cases",
+        lm.describe(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        cases.len()
+    );
     let mut settings = Settings::default();
     settings.steps = args.steps.unwrap_or(settings.steps);
     settings.candidates = args.candidates.unwrap_or(settings.candidates);
@@ -193,7 +212,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let text = format!("{}{}", case.prefix, case.suffix);
         let at = case.prefix.len();
         let snapshot = Snapshot::from_text(&format!("eval:{}", case.id), grammar, &text);
-        let span_len = if args.oracle_length { Some(lm.encode(&case.middle)?.len() + 1) } else { None };
+        let span_len = if args.oracle_length {
+            Some(lm.encode(&case.middle)?.len() + 1)
+        } else {
+            None
+        };
         let req = Request {
             snapshot: snapshot.clone(),
             target: Target::Cursor(at),
@@ -205,14 +228,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let answer = complete::complete(&lm, &req, None);
         let latency_ms = t.elapsed().as_secs_f64() * 1e3;
         let (completion, stats) = match answer {
-            Ok(a) => (a.items.first().map(|i| i.text.clone()).unwrap_or_default(), a.stats),
+            Ok(a) => (
+                a.items.first().map(|i| i.text.clone()).unwrap_or_default(),
+                a.stats,
+            ),
             Err(e) => {
                 eprintln!("eval: {}: {e}", case.id);
                 (String::new(), complete::Stats::default())
             }
         };
         let empty = completion.trim().is_empty();
-        let parses = (!empty).then(|| Site::new(&snapshot, at..at).is_some_and(|mut s| s.parses_cleanly(&completion)));
+        let parses = (!empty).then(|| {
+            Site::new(&snapshot, at..at).is_some_and(|mut s| s.parses_cleanly(&completion))
+        });
         let r = CaseResult {
             id: &case.id,
             kind: &case.kind,
@@ -241,10 +269,26 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     writeln!(
         stdout,
         "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "kind", "n", "exact%", "EM%", "ES%", "parse%", "empty%", "p50ms", "p95ms", "checks", "remasks", "rejects",
-        "ctx_ms", "denoise_ms", "verify_ms"
+        "kind",
+        "n",
+        "exact%",
+        "EM%",
+        "ES%",
+        "parse%",
+        "empty%",
+        "p50ms",
+        "p95ms",
+        "checks",
+        "remasks",
+        "rejects",
+        "ctx_ms",
+        "denoise_ms",
+        "verify_ms"
     )?;
-    for (kind, t) in kinds.iter().chain(std::iter::once((&"all".to_string(), &all))) {
+    for (kind, t) in kinds
+        .iter()
+        .chain(std::iter::once((&"all".to_string(), &all)))
+    {
         writeln!(
             stdout,
             "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>9.2}",

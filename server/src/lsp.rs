@@ -137,8 +137,17 @@ impl Backend {
             let mut progress = None;
             if work_done_progress {
                 let token = NumberOrString::String("diffusion-ls/load-model".into());
-                if client.create_work_done_progress(token.clone()).await.is_ok() {
-                    progress = Some(client.progress(token, "Loading diffusion model").begin().await);
+                if client
+                    .create_work_done_progress(token.clone())
+                    .await
+                    .is_ok()
+                {
+                    progress = Some(
+                        client
+                            .progress(token, "Loading diffusion model")
+                            .begin()
+                            .await,
+                    );
                 }
             }
             let result = engine.ready().await;
@@ -150,26 +159,26 @@ impl Backend {
                 p.finish_with_message(message.clone()).await;
             }
             match result {
-                Ok(_) => client.log_message(MessageType::INFO, format!("diffusion-ls: {message}")).await,
-                Err(_) => {
+                Ok(_) => {
                     client
-                        .show_message(
-                            MessageType::ERROR,
-                            format!("diffusion-ls: cannot load the model, completions are off ({message})"),
-                        )
+                        .log_message(MessageType::INFO, format!("diffusion-ls: {message}"))
                         .await
                 }
+                Err(_) => client
+                    .show_message(
+                        MessageType::ERROR,
+                        format!(
+                            "diffusion-ls: cannot load the model, completions are off ({message})"
+                        ),
+                    )
+                    .await,
             }
         });
     }
 
     /// Synchronous part of a completion: snapshot, byte offset, and either an answer served
     /// from the previous one or a fresh token registered as the document's latest request.
-    fn begin_completion(
-        &self,
-        uri: &Uri,
-        at: Position,
-    ) -> Result<Option<Begun>> {
+    fn begin_completion(&self, uri: &Uri, at: Position) -> Result<Option<Begun>> {
         let mut st = self.state();
         let key = uri.as_str().to_string();
         let Some(doc) = st.docs.get(&key) else {
@@ -180,24 +189,62 @@ impl Backend {
         let byte = position::to_byte(&doc.rope, lc(at), enc).map_err(invalid)?;
         let snap = doc.snapshot(&key);
         let settings = st.settings.clone();
-        if let Some(items) = st.last.get(&key).and_then(|l| l.serve(&key, &snap.rope, byte)) {
+        if let Some(items) = st
+            .last
+            .get(&key)
+            .and_then(|l| l.serve(&key, &snap.rope, byte))
+        {
             tracing::debug!(uri = %key, items = items.len(), "served from the previous completion");
-            let items = items.into_iter().map(|text| complete::Item { text, mean_logprob: 0.0 }).collect();
+            let items = items
+                .into_iter()
+                .map(|text| complete::Item {
+                    text,
+                    mean_logprob: 0.0,
+                })
+                .collect();
             let kind = crate::context::cursor_kind(&snap.rope, byte);
-            let answer = Answer { kind, replace: byte..byte, items, stats: Default::default() };
-            return Ok(Some(Begun { snap, byte, settings, enc, work: Work::Cached(answer) }));
+            let answer = Answer {
+                kind,
+                replace: byte..byte,
+                items,
+                stats: Default::default(),
+            };
+            return Ok(Some(Begun {
+                snap,
+                byte,
+                settings,
+                enc,
+                work: Work::Cached(answer),
+            }));
         }
         let token = CancelToken::default();
         if let Some(old) = st.inflight.insert(key, token.clone()) {
             old.cancel();
         }
-        Ok(Some(Begun { snap, byte, settings, enc, work: Work::Run(token) }))
+        Ok(Some(Begun {
+            snap,
+            byte,
+            settings,
+            enc,
+            work: Work::Run(token),
+        }))
     }
 
     /// Completion at a position: `None` when there is nothing to offer (no model, cancelled,
     /// superseded, stale, or no candidate survived).
-    async fn complete_at(&self, uri: &Uri, at: Position) -> Result<Option<(Snapshot, usize, Encoding, Answer)>> {
-        let Some(Begun { snap, byte, settings, enc, work }) = self.begin_completion(uri, at)? else {
+    async fn complete_at(
+        &self,
+        uri: &Uri,
+        at: Position,
+    ) -> Result<Option<(Snapshot, usize, Encoding, Answer)>> {
+        let Some(Begun {
+            snap,
+            byte,
+            settings,
+            enc,
+            work,
+        }) = self.begin_completion(uri, at)?
+        else {
             return Ok(None);
         };
         let token = match work {
@@ -231,13 +278,20 @@ impl Backend {
         }
         if !answer.items.is_empty() {
             let texts = answer.items.iter().map(|i| i.text.clone()).collect();
-            st.last.insert(key.to_string(), LastAnswer::new(key, snap.rope.clone(), byte, texts));
+            st.last.insert(
+                key.to_string(),
+                LastAnswer::new(key, snap.rope.clone(), byte, texts),
+            );
         }
         Ok(Some((snap, byte, enc, answer)))
     }
 
     /// Runs one pipeline request on the model thread, mapping "no answer" outcomes to `None`.
-    async fn run_model(&self, req: complete::Request, token: CancelToken) -> Result<Option<Answer>> {
+    async fn run_model(
+        &self,
+        req: complete::Request,
+        token: CancelToken,
+    ) -> Result<Option<Answer>> {
         let engine = self.engine.clone();
         let ready = tokio::time::timeout(LOAD_WAIT, engine.ready()).await;
         if !matches!(ready, Ok(Ok(_))) {
@@ -280,7 +334,11 @@ impl Backend {
     /// them (re-typing them at its end), so the editor can show it as an extension of the line.
     fn line_rest_range(rope: &ropey::Rope, byte: usize) -> (usize, String) {
         let line = rope.byte_to_line(byte);
-        let end = if line + 1 < rope.len_lines() { rope.line_to_byte(line + 1) } else { rope.len_bytes() };
+        let end = if line + 1 < rope.len_lines() {
+            rope.line_to_byte(line + 1)
+        } else {
+            rope.len_bytes()
+        };
         let rest = rope.byte_slice(byte..end).to_string();
         let rest = rest.trim_end_matches(['\n', '\r']);
         if !rest.is_empty() && rest.chars().all(|c| is_closing(c) || c == ' ' || c == '\t') {
@@ -290,9 +348,15 @@ impl Backend {
         }
     }
 
-    pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
+    pub async fn inline_completion(
+        &self,
+        params: InlineCompletionParams,
+    ) -> Result<Option<InlineCompletionResponse>> {
         let tdp = params.text_document_position;
-        let Some((snap, byte, enc, answer)) = self.complete_at(&tdp.text_document.uri, tdp.position).await? else {
+        let Some((snap, byte, enc, answer)) = self
+            .complete_at(&tdp.text_document.uri, tdp.position)
+            .await?
+        else {
             return Ok(None);
         };
         let (end, rest) = Self::line_rest_range(&snap.rope, byte);
@@ -315,7 +379,9 @@ impl Backend {
                 insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
             })
             .collect();
-        Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
+        Ok(Some(InlineCompletionResponse::List(InlineCompletionList {
+            items,
+        })))
     }
 
     /// Answer to a malformed message (see [`crate::transport`]): the JSON-RPC parse error.
@@ -330,8 +396,13 @@ impl Backend {
     /// Test/debug: the server's copy of a document.
     pub async fn debug_document(&self, params: TextDocumentIdentifier) -> Result<Value> {
         let st = self.state();
-        let doc = st.docs.get(params.uri.as_str()).ok_or_else(|| invalid("unknown document"))?;
-        Ok(json!({ "version": doc.version, "text": doc.rope.to_string(), "languageId": doc.language_id }))
+        let doc = st
+            .docs
+            .get(params.uri.as_str())
+            .ok_or_else(|| invalid("unknown document"))?;
+        Ok(
+            json!({ "version": doc.version, "text": doc.rope.to_string(), "languageId": doc.language_id }),
+        )
     }
 
     /// Test hook: panics inside a handler when `DIFFUSION_LS_TEST_PANIC` is set, so the tests can
@@ -357,37 +428,74 @@ impl Backend {
     }
 
     /// Fill selection / rewrite function: run the model, then ask the client to apply the edit.
-    async fn edit_command(&self, uri: Uri, target: impl FnOnce(&ropey::Rope, Encoding) -> Result<Target>) -> Result<Option<Value>> {
+    async fn edit_command(
+        &self,
+        uri: Uri,
+        target: impl FnOnce(&ropey::Rope, Encoding) -> Result<Target>,
+    ) -> Result<Option<Value>> {
         let (snap, target, settings, enc, document_changes) = {
             let st = self.state();
-            let doc = st.docs.get(uri.as_str()).ok_or_else(|| invalid("unknown document"))?;
+            let doc = st
+                .docs
+                .get(uri.as_str())
+                .ok_or_else(|| invalid("unknown document"))?;
             let target = target(&doc.rope, st.encoding)?;
-            (doc.snapshot(uri.as_str()), target, st.settings.clone(), st.encoding, st.document_changes)
+            (
+                doc.snapshot(uri.as_str()),
+                target,
+                st.settings.clone(),
+                st.encoding,
+                st.document_changes,
+            )
         };
         let token = CancelToken::default();
         let _guard = CancelOnDrop(token.clone());
-        let req = complete::Request { snapshot: snap.clone(), target, settings, span_len: None, cancel: token.clone() };
+        let req = complete::Request {
+            snapshot: snap.clone(),
+            target,
+            settings,
+            span_len: None,
+            cancel: token.clone(),
+        };
         let Some(answer) = self.run_model(req, token).await? else {
-            return Ok(Some(json!({ "applied": false, "reason": "no model answer" })));
+            return Ok(Some(
+                json!({ "applied": false, "reason": "no model answer" }),
+            ));
         };
         let Some(best) = answer.items.first() else {
-            return Ok(Some(json!({ "applied": false, "reason": "no candidate survived" })));
+            return Ok(Some(
+                json!({ "applied": false, "reason": "no candidate survived" }),
+            ));
         };
         if self.state().docs.get(uri.as_str()).map(|d| d.version) != Some(snap.version) {
-            return Ok(Some(json!({ "applied": false, "reason": "the document changed" })));
+            return Ok(Some(
+                json!({ "applied": false, "reason": "the document changed" }),
+            ));
         }
-        let range = Range::new(pos(&snap.rope, answer.replace.start, enc), pos(&snap.rope, answer.replace.end, enc));
-        let edit = TextEdit { range, new_text: best.text.clone() };
+        let range = Range::new(
+            pos(&snap.rope, answer.replace.start, enc),
+            pos(&snap.rope, answer.replace.end, enc),
+        );
+        let edit = TextEdit {
+            range,
+            new_text: best.text.clone(),
+        };
         let workspace_edit = if document_changes {
             WorkspaceEdit {
                 document_changes: Some(DocumentChanges::Edits(vec![TextDocumentEdit {
-                    text_document: OptionalVersionedTextDocumentIdentifier { uri: uri.clone(), version: Some(snap.version) },
+                    text_document: OptionalVersionedTextDocumentIdentifier {
+                        uri: uri.clone(),
+                        version: Some(snap.version),
+                    },
                     edits: vec![OneOf::Left(edit)],
                 }])),
                 ..Default::default()
             }
         } else {
-            WorkspaceEdit { changes: Some(HashMap::from([(uri.clone(), vec![edit])])), ..Default::default() }
+            WorkspaceEdit {
+                changes: Some(HashMap::from([(uri.clone(), vec![edit])])),
+                ..Default::default()
+            }
         };
         // Documents change only through edits the client applies.
         let applied = match self.client.apply_edit(workspace_edit).await {
@@ -415,7 +523,8 @@ struct RewriteArgs {
 
 fn arg<T: serde::de::DeserializeOwned>(params: &ExecuteCommandParams) -> Result<T> {
     let v = params.arguments.first().cloned().unwrap_or(Value::Null);
-    serde_json::from_value(v).map_err(|e| invalid(format!("{}: bad arguments: {e}", params.command)))
+    serde_json::from_value(v)
+        .map_err(|e| invalid(format!("{}: bad arguments: {e}", params.command)))
 }
 
 impl LanguageServer for Backend {
@@ -426,7 +535,11 @@ impl LanguageServer for Backend {
             .as_ref()
             .and_then(|g| g.position_encodings.as_ref())
             .is_some_and(|e| e.contains(&PositionEncodingKind::UTF8));
-        let encoding = if utf8 { Encoding::Utf8 } else { Encoding::Utf16 };
+        let encoding = if utf8 {
+            Encoding::Utf8
+        } else {
+            Encoding::Utf16
+        };
         let mut st = self.state();
         st.encoding = encoding;
         if let Some(opts) = &params.initialization_options {
@@ -435,8 +548,12 @@ impl LanguageServer for Backend {
                 Err(e) => tracing::warn!("ignoring initializationOptions: {e}"),
             }
         }
-        st.work_done_progress =
-            params.capabilities.window.as_ref().and_then(|w| w.work_done_progress).unwrap_or(false);
+        st.work_done_progress = params
+            .capabilities
+            .window
+            .as_ref()
+            .and_then(|w| w.work_done_progress)
+            .unwrap_or(false);
         st.document_changes = params
             .capabilities
             .workspace
@@ -444,30 +561,46 @@ impl LanguageServer for Backend {
             .and_then(|w| w.workspace_edit.as_ref())
             .and_then(|w| w.document_changes)
             .unwrap_or(false);
-        st.source = ModelSource::from_option(self.cli_model.clone().or_else(|| st.settings.model.clone()));
+        st.source =
+            ModelSource::from_option(self.cli_model.clone().or_else(|| st.settings.model.clone()));
         tracing::info!(?encoding, settings = ?st.settings, source = ?st.source, "initialize");
         Ok(InitializeResult {
             capabilities: ServerCapabilities {
-                position_encoding: Some(if utf8 { PositionEncodingKind::UTF8 } else { PositionEncodingKind::UTF16 }),
-                text_document_sync: Some(TextDocumentSyncCapability::Options(TextDocumentSyncOptions {
-                    open_close: Some(true),
-                    change: Some(TextDocumentSyncKind::INCREMENTAL),
-                    ..Default::default()
-                })),
+                position_encoding: Some(if utf8 {
+                    PositionEncodingKind::UTF8
+                } else {
+                    PositionEncodingKind::UTF16
+                }),
+                text_document_sync: Some(TextDocumentSyncCapability::Options(
+                    TextDocumentSyncOptions {
+                        open_close: Some(true),
+                        change: Some(TextDocumentSyncKind::INCREMENTAL),
+                        ..Default::default()
+                    },
+                )),
                 completion_provider: Some(CompletionOptions::default()),
                 inline_completion_provider: Some(OneOf::Left(true)),
-                code_action_provider: Some(CodeActionProviderCapability::Options(CodeActionOptions {
-                    code_action_kinds: Some(vec![CodeActionKind::REFACTOR_REWRITE]),
-                    ..Default::default()
-                })),
+                code_action_provider: Some(CodeActionProviderCapability::Options(
+                    CodeActionOptions {
+                        code_action_kinds: Some(vec![CodeActionKind::REFACTOR_REWRITE]),
+                        ..Default::default()
+                    },
+                )),
                 execute_command_provider: Some(ExecuteCommandOptions {
-                    commands: vec![ACCEPT_COMMAND.into(), FILL_COMMAND.into(), REWRITE_COMMAND.into()],
+                    commands: vec![
+                        ACCEPT_COMMAND.into(),
+                        FILL_COMMAND.into(),
+                        REWRITE_COMMAND.into(),
+                    ],
                     ..Default::default()
                 }),
                 ..Default::default()
             },
             offset_encoding: None,
-            server_info: Some(ServerInfo { name: "diffusion-ls".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+            server_info: Some(ServerInfo {
+                name: "diffusion-ls".into(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
         })
     }
 
@@ -491,7 +624,12 @@ impl LanguageServer for Backend {
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
         let d = params.text_document;
         let doc = Document::new(&d.language_id, d.version, &d.text);
-        tracing::debug!(uri = d.uri.as_str(), bytes = d.text.len(), syntax = doc.tree().is_some(), "open");
+        tracing::debug!(
+            uri = d.uri.as_str(),
+            bytes = d.text.len(),
+            syntax = doc.tree().is_some(),
+            "open"
+        );
         self.state().docs.insert(d.uri.as_str().to_string(), doc);
     }
 
@@ -500,7 +638,10 @@ impl LanguageServer for Backend {
         let changes: Vec<TextChange> = params
             .content_changes
             .into_iter()
-            .map(|c| TextChange { range: c.range.map(|r| (lc(r.start), lc(r.end))), text: c.text })
+            .map(|c| TextChange {
+                range: c.range.map(|r| (lc(r.start), lc(r.end))),
+                text: c.text,
+            })
             .collect();
         let mut st = self.state();
         let enc = st.encoding;
@@ -509,7 +650,10 @@ impl LanguageServer for Backend {
             return;
         };
         if let Err(e) = doc.apply_changes(&changes, params.text_document.version, enc) {
-            tracing::error!(uri = key, "bad didChange, the document may be out of sync: {e}");
+            tracing::error!(
+                uri = key,
+                "bad didChange, the document may be out of sync: {e}"
+            );
         }
         // Work for the previous version would be thrown away: stop it now.
         if let Some(t) = st.inflight.remove(key) {
@@ -537,7 +681,9 @@ impl LanguageServer for Backend {
                     return;
                 }
             }
-            let source = ModelSource::from_option(self.cli_model.clone().or_else(|| st.settings.model.clone()));
+            let source = ModelSource::from_option(
+                self.cli_model.clone().or_else(|| st.settings.model.clone()),
+            );
             let reload = source != st.source;
             st.source = source.clone();
             reload.then_some((source, st.work_done_progress))
@@ -549,7 +695,10 @@ impl LanguageServer for Backend {
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
         let tdp = params.text_document_position;
-        let Some((snap, byte, enc, answer)) = self.complete_at(&tdp.text_document.uri, tdp.position).await? else {
+        let Some((snap, byte, enc, answer)) = self
+            .complete_at(&tdp.text_document.uri, tdp.position)
+            .await?
+        else {
             return Ok(None);
         };
         let rope = &snap.rope;
@@ -562,7 +711,13 @@ impl LanguageServer for Backend {
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                let label = item.text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string();
+                let label = item
+                    .text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("")
+                    .to_string();
                 CompletionItem {
                     label,
                     kind: Some(CompletionItemKind::TEXT),
@@ -580,15 +735,21 @@ impl LanguageServer for Backend {
             })
             .collect();
         // Incomplete: the answer depends on the exact prefix, so the client must ask again.
-        Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })))
+        Ok(Some(CompletionResponse::List(CompletionList {
+            is_incomplete: true,
+            items,
+        })))
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
         let st = self.state();
         let uri = &params.text_document.uri;
-        let Some(doc) = st.docs.get(uri.as_str()) else { return Ok(None) };
+        let Some(doc) = st.docs.get(uri.as_str()) else {
+            return Ok(None);
+        };
         let r = params.range;
-        let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding).map_err(invalid)?;
+        let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding)
+            .map_err(invalid)?;
         let mut actions = Vec::new();
         if !chars.is_empty() {
             actions.push(CodeActionOrCommand::CodeAction(CodeAction {
@@ -631,18 +792,23 @@ impl LanguageServer for Backend {
             FILL_COMMAND => {
                 let a: FillArgs = arg(&params)?;
                 self.edit_command(a.uri, |rope, enc| {
-                    let r = position::to_char_range(rope, lc(a.range.start), lc(a.range.end), enc).map_err(invalid)?;
+                    let r = position::to_char_range(rope, lc(a.range.start), lc(a.range.end), enc)
+                        .map_err(invalid)?;
                     if r.is_empty() {
                         return Err(invalid("the selection is empty"));
                     }
-                    Ok(Target::Selection(rope.char_to_byte(r.start)..rope.char_to_byte(r.end)))
+                    Ok(Target::Selection(
+                        rope.char_to_byte(r.start)..rope.char_to_byte(r.end),
+                    ))
                 })
                 .await
             }
             REWRITE_COMMAND => {
                 let a: RewriteArgs = arg(&params)?;
                 self.edit_command(a.uri, |rope, enc| {
-                    Ok(Target::Function(position::to_byte(rope, lc(a.position), enc).map_err(invalid)?))
+                    Ok(Target::Function(
+                        position::to_byte(rope, lc(a.position), enc).map_err(invalid)?,
+                    ))
                 })
                 .await
             }
@@ -669,7 +835,10 @@ where
     type Error = S::Error;
     type Future = futures::future::BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), S::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
         self.0.poll_ready(cx)
     }
 
@@ -692,7 +861,12 @@ where
     }
 }
 
-fn service(cli_model: Option<PathBuf>) -> (PanicGuard<LspService<Backend>>, tower_lsp_server::ClientSocket) {
+fn service(
+    cli_model: Option<PathBuf>,
+) -> (
+    PanicGuard<LspService<Backend>>,
+    tower_lsp_server::ClientSocket,
+) {
     let (service, socket) = LspService::build(|client| Backend::new(client, cli_model))
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
         .custom_method(DEBUG_DOCUMENT, Backend::debug_document)
@@ -705,7 +879,8 @@ fn service(cli_model: Option<PathBuf>) -> (PanicGuard<LspService<Backend>>, towe
 
 /// Set by `shutdown`: the process exit code is 0 only after it (LSP: `exit` without `shutdown`
 /// exits with 1).
-pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Handlers waiting on the model hold a slot of tower-lsp's concurrency limit (4 by default);
 /// more slots keep edits from queueing behind them.
@@ -714,20 +889,30 @@ const CONCURRENCY: usize = 64;
 /// Serves LSP on stdin/stdout until `exit`.
 pub async fn serve_stdio(cli_model: Option<PathBuf>) {
     let (service, socket) = service(cli_model);
-    Server::new(crate::transport::guard(tokio::io::stdin()), tokio::io::stdout(), socket)
-        .concurrency_level(CONCURRENCY)
-        .serve(service)
-        .await;
+    Server::new(
+        crate::transport::guard(tokio::io::stdin()),
+        tokio::io::stdout(),
+        socket,
+    )
+    .concurrency_level(CONCURRENCY)
+    .serve(service)
+    .await;
 }
 
 /// Serves LSP to the first client that connects to `addr`, until `exit`.
-pub async fn serve_tcp(addr: std::net::SocketAddr, cli_model: Option<PathBuf>) -> std::io::Result<()> {
+pub async fn serve_tcp(
+    addr: std::net::SocketAddr,
+    cli_model: Option<PathBuf>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on {}", listener.local_addr()?);
     let (stream, peer) = listener.accept().await?;
     tracing::info!(%peer, "client connected");
     let (read, write) = tokio::io::split(stream);
     let (service, socket) = service(cli_model);
-    Server::new(crate::transport::guard(read), write, socket).concurrency_level(CONCURRENCY).serve(service).await;
+    Server::new(crate::transport::guard(read), write, socket)
+        .concurrency_level(CONCURRENCY)
+        .serve(service)
+        .await;
     Ok(())
 }

@@ -12,7 +12,11 @@ use diffusion_ls::{cli, eval, lsp};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "diffusion-ls", version, about = "Code completion with a masked-diffusion language model")]
+#[command(
+    name = "diffusion-ls",
+    version,
+    about = "Code completion with a masked-diffusion language model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -39,6 +43,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    model::pin_thread_count();
     // stdout is the protocol channel: logs go to stderr only. Level from DIFFUSION_LS_LOG.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -51,7 +56,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Command::Serve) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 match cli.listen {
                     Some(addr) => lsp::serve_tcp(addr, cli.model).await,

@@ -59,7 +59,10 @@ pub fn to_char(rope: &Rope, pos: LineCol, enc: Encoding) -> Result<usize, Positi
     let line = pos.line as usize;
     let lines = rope.len_lines();
     if line >= lines {
-        return Err(PositionError::LinePastEnd { line: pos.line, lines });
+        return Err(PositionError::LinePastEnd {
+            line: pos.line,
+            lines,
+        });
     }
     let start = rope.line_to_char(line);
     let slice = rope.line(line);
@@ -72,7 +75,10 @@ pub fn to_char(rope: &Rope, pos: LineCol, enc: Encoding) -> Result<usize, Positi
             } else {
                 let c = slice.utf16_cu_to_char(col);
                 if slice.char_to_utf16_cu(c) != col {
-                    return Err(PositionError::InsideSurrogatePair { line: pos.line, col: pos.col });
+                    return Err(PositionError::InsideSurrogatePair {
+                        line: pos.line,
+                        col: pos.col,
+                    });
                 }
                 c
             }
@@ -83,7 +89,10 @@ pub fn to_char(rope: &Rope, pos: LineCol, enc: Encoding) -> Result<usize, Positi
             } else {
                 let c = slice.byte_to_char(col);
                 if slice.char_to_byte(c) != col {
-                    return Err(PositionError::InsideUtf8Char { line: pos.line, col: pos.col });
+                    return Err(PositionError::InsideUtf8Char {
+                        line: pos.line,
+                        col: pos.col,
+                    });
                 }
                 c
             }
@@ -121,7 +130,10 @@ pub fn from_char(rope: &Rope, char_idx: usize, enc: Encoding) -> LineCol {
         Encoding::Utf16 => slice.char_to_utf16_cu(in_line),
         Encoding::Utf8 => slice.char_to_byte(in_line),
     };
-    LineCol { line: line as u32, col: col as u32 }
+    LineCol {
+        line: line as u32,
+        col: col as u32,
+    }
 }
 
 /// Position of a byte offset; an offset inside a character counts as that character's start.
@@ -151,7 +163,10 @@ mod tests {
             }
         }
         let start = *line_starts.get(pos.line as usize)?;
-        let end = line_starts.get(pos.line as usize + 1).copied().unwrap_or(text.len());
+        let end = line_starts
+            .get(pos.line as usize + 1)
+            .copied()
+            .unwrap_or(text.len());
         let line = text[start..end].trim_end_matches(['\n', '\r']);
         let mut units = 0usize;
         for (off, ch) in line.char_indices() {
@@ -174,7 +189,20 @@ mod tests {
 
     fn text_strategy() -> impl Strategy<Value = String> {
         prop::collection::vec(
-            prop::sample::select(vec!["a", "é", "日", "😀", "👩‍💻", "\n", "\r\n", "\r", " ", "{", "\u{2028}", "\u{85}"]),
+            prop::sample::select(vec![
+                "a",
+                "é",
+                "日",
+                "😀",
+                "👩‍💻",
+                "\n",
+                "\r\n",
+                "\r",
+                " ",
+                "{",
+                "\u{2028}",
+                "\u{85}",
+            ]),
             0..40,
         )
         .prop_map(|v| v.concat())

@@ -15,7 +15,12 @@ pub struct LastAnswer {
 
 impl LastAnswer {
     pub fn new(uri: &str, rope: Rope, anchor: usize, items: Vec<String>) -> Self {
-        LastAnswer { uri: uri.to_string(), rope, anchor, items }
+        LastAnswer {
+            uri: uri.to_string(),
+            rope,
+            anchor,
+            items,
+        }
     }
 
     /// The remaining text of every item that the typing since then is a prefix of, or `None`
@@ -28,7 +33,8 @@ impl LastAnswer {
         if rope.len_bytes() != self.rope.len_bytes() + typed_len || cursor > rope.len_bytes() {
             return None;
         }
-        let boundary = |r: &Rope, b: usize| r.try_byte_to_char(b).is_ok_and(|c| r.char_to_byte(c) == b);
+        let boundary =
+            |r: &Rope, b: usize| r.try_byte_to_char(b).is_ok_and(|c| r.char_to_byte(c) == b);
         if !boundary(rope, self.anchor) || !boundary(rope, cursor) {
             return None;
         }
@@ -57,11 +63,25 @@ mod tests {
     fn serves_typed_prefix_only() {
         let old = Rope::from_str("let x = ;\n");
         let last = LastAnswer::new("u", old, 8, vec!["foo(1)".into(), "bar".into()]);
-        assert_eq!(last.serve("u", &Rope::from_str("let x = ;\n"), 8), Some(vec!["foo(1)".into(), "bar".into()]));
-        assert_eq!(last.serve("u", &Rope::from_str("let x = fo;\n"), 10), Some(vec!["o(1)".into()]));
+        assert_eq!(
+            last.serve("u", &Rope::from_str("let x = ;\n"), 8),
+            Some(vec!["foo(1)".into(), "bar".into()])
+        );
+        assert_eq!(
+            last.serve("u", &Rope::from_str("let x = fo;\n"), 10),
+            Some(vec!["o(1)".into()])
+        );
         assert_eq!(last.serve("u", &Rope::from_str("let x = fx;\n"), 10), None);
-        assert_eq!(last.serve("u", &Rope::from_str("let y = fo;\n"), 10), None, "edit elsewhere");
-        assert_eq!(last.serve("u", &Rope::from_str("let x = foo(1);\n"), 14), None, "fully typed");
+        assert_eq!(
+            last.serve("u", &Rope::from_str("let y = fo;\n"), 10),
+            None,
+            "edit elsewhere"
+        );
+        assert_eq!(
+            last.serve("u", &Rope::from_str("let x = foo(1);\n"), 14),
+            None,
+            "fully typed"
+        );
         assert_eq!(last.serve("v", &Rope::from_str("let x = fo;\n"), 10), None);
     }
 }

@@ -25,7 +25,10 @@ pub fn errors(tree: &Tree) -> Vec<SyntaxError> {
     'walk: loop {
         let node = cursor.node();
         if node.is_error() || node.is_missing() {
-            out.push(SyntaxError { range: node.byte_range(), missing: node.is_missing() });
+            out.push(SyntaxError {
+                range: node.byte_range(),
+                missing: node.is_missing(),
+            });
         }
         if node.has_error() && cursor.goto_first_child() {
             continue;
@@ -67,7 +70,10 @@ pub fn advance_point(start: Point, text: &str) -> Point {
             row: start.row + text.bytes().filter(|&b| b == b'\n').count(),
             column: text.len() - i - 1,
         },
-        None => Point { row: start.row, column: start.column + text.len() },
+        None => Point {
+            row: start.row,
+            column: start.column + text.len(),
+        },
     }
 }
 
@@ -82,7 +88,11 @@ mod tests {
     use crate::language;
 
     fn parse(src: &str) -> Tree {
-        language::by_language_id("rust").unwrap().parser().parse(src, None).unwrap()
+        language::by_language_id("rust")
+            .unwrap()
+            .parser()
+            .parse(src, None)
+            .unwrap()
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub fn guard<R: AsyncRead + Unpin + Send + 'static>(input: R) -> DuplexStream {
                 }
             };
             let header = format!("Content-Length: {}\r\n\r\n", body.len());
-            if tx.write_all(header.as_bytes()).await.is_err() || tx.write_all(&body).await.is_err() {
+            if tx.write_all(header.as_bytes()).await.is_err() || tx.write_all(&body).await.is_err()
+            {
                 break; // the server stopped reading (exit)
             }
         }
@@ -50,7 +51,9 @@ pub fn guard<R: AsyncRead + Unpin + Send + 'static>(input: R) -> DuplexStream {
 
 /// Next frame: `Ok(Some(Ok(body)))`, `Ok(Some(Err(reason)))` for a malformed one (already
 /// skipped), `Ok(None)` at end of input.
-async fn read_frame<R: AsyncRead + Unpin>(input: &mut BufReader<R>) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    input: &mut BufReader<R>,
+) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
     let mut content_length: Option<Result<usize, String>> = None;
     let mut saw_header = false;
     loop {
@@ -73,7 +76,10 @@ async fn read_frame<R: AsyncRead + Unpin>(input: &mut BufReader<R>) -> std::io::
         if let Some((name, value)) = text.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
                 content_length = Some(
-                    value.trim().parse::<usize>().map_err(|e| format!("bad Content-Length {value:?}: {e}")),
+                    value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|e| format!("bad Content-Length {value:?}: {e}")),
                 );
             }
         }
@@ -96,7 +102,9 @@ async fn read_frame<R: AsyncRead + Unpin>(input: &mut BufReader<R>) -> std::io::
 /// A body tower-lsp can decode: UTF-8 JSON shaped as a request, notification or response.
 fn check(body: Vec<u8>) -> Result<Vec<u8>, String> {
     let text = std::str::from_utf8(&body).map_err(|e| format!("body is not UTF-8: {e}"))?;
-    if serde_json::from_str::<Request>(text).is_ok() || serde_json::from_str::<Response>(text).is_ok() {
+    if serde_json::from_str::<Request>(text).is_ok()
+        || serde_json::from_str::<Response>(text).is_ok()
+    {
         return Ok(body);
     }
     match serde_json::from_str::<serde_json::Value>(text) {
@@ -118,7 +126,10 @@ mod tests {
     #[tokio::test]
     async fn passes_good_frames_and_replaces_bad_ones() {
         let good = r#"{"jsonrpc":"2.0","id":1,"method":"shutdown"}"#;
-        let out = run(b"Content-Length: 44\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"shutdown\"}").await;
+        let out = run(
+            b"Content-Length: 44\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"shutdown\"}",
+        )
+        .await;
         assert_eq!(out, format!("Content-Length: 44\r\n\r\n{good}"));
         let out = run(b"Content-Length: 5\r\n\r\n{oops\
 Content-Length: 2\r\n\r\n[]\

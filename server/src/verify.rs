@@ -62,7 +62,14 @@ impl Site {
             tree = parser.parse(&base, Some(&tree))?;
         }
         let baseline = syntax::errors(&tree).into_iter().collect();
-        Some(Site { at_point: syntax::point_of(&base, replace.start), at: replace.start, base, tree, baseline, parser })
+        Some(Site {
+            at_point: syntax::point_of(&base, replace.start),
+            at: replace.start,
+            base,
+            tree,
+            baseline,
+            parser,
+        })
     }
 
     /// Parses the document with `insert` at the span.
@@ -100,13 +107,25 @@ impl Site {
             return std::iter::once(0..insert.len() as isize).collect();
         };
         let (at, n) = (self.at, insert.len());
-        let map = |x: usize| if x <= at { x } else if x < at + n { at } else { x - n };
+        let map = |x: usize| {
+            if x <= at {
+                x
+            } else if x < at + n {
+                at
+            } else {
+                x - n
+            }
+        };
         syntax::errors(&tree)
             .into_iter()
             .filter(|e| {
                 let (s, t) = (e.range.start, e.range.end);
-                let inside = n > 0 && s >= at && t <= at + n && !(s == t && (s == at || s == at + n));
-                let mapped = SyntaxError { range: map(s)..map(t), missing: e.missing };
+                let inside =
+                    n > 0 && s >= at && t <= at + n && !(s == t && (s == at || s == at + n));
+                let mapped = SyntaxError {
+                    range: map(s)..map(t),
+                    missing: e.missing,
+                };
                 inside || !self.baseline.contains(&mapped)
             })
             .map(|e| e.range.start as isize - at as isize..e.range.end as isize - at as isize)
@@ -115,7 +134,8 @@ impl Site {
 
     /// Whether the spliced file has no syntax error at all (eval's parse rate).
     pub fn parses_cleanly(&mut self, insert: &str) -> bool {
-        self.parse_with(insert).is_some_and(|t| !t.root_node().has_error())
+        self.parse_with(insert)
+            .is_some_and(|t| !t.root_node().has_error())
     }
 }
 
@@ -148,11 +168,19 @@ pub struct Verifier<'a> {
 
 impl<'a> Verifier<'a> {
     pub fn new(site: Option<&'a mut Site>, finish: &'a Finish, cancel: CancelToken) -> Self {
-        Verifier { site, finish, cancel, candidates: HashMap::new(), stats: VerifyStats::default() }
+        Verifier {
+            site,
+            finish,
+            cancel,
+            candidates: HashMap::new(),
+            stats: VerifyStats::default(),
+        }
     }
 
     fn judge(&mut self, view: &StepView<'_>) -> Verdict {
-        let Some(site) = self.site.as_deref_mut() else { return Verdict::Keep };
+        let Some(site) = self.site.as_deref_mut() else {
+            return Verdict::Keep;
+        };
         let keep = self.finish.keep_len(view.text);
         let visible = &view.text[..keep];
         let state = self.candidates.entry(view.candidate).or_default();
@@ -173,7 +201,11 @@ impl<'a> Verifier<'a> {
         let overlaps = |i: usize, e: &Range<isize>| {
             let r = &view.token_ranges[i];
             let (a, b) = (r.start as isize, r.end as isize);
-            if e.start == e.end { a <= e.start && e.start <= b } else { a < e.end && b > e.start }
+            if e.start == e.end {
+                a <= e.start && e.start <= b
+            } else {
+                a < e.end && b > e.start
+            }
         };
         let mut remask = BTreeSet::new();
         if !view.is_final {
@@ -207,7 +239,8 @@ impl<'a> Verifier<'a> {
             }
             if remask.is_empty() {
                 let structural = |i: usize| {
-                    view.text[view.token_ranges[i].clone()].contains(['(', ')', '[', ']', '{', '}', '"', '\''])
+                    view.text[view.token_ranges[i].clone()]
+                        .contains(['(', ')', '[', ']', '{', '}', '"', '\''])
                 };
                 remask.extend((0..limit).filter(|&i| visible_pos(i) && structural(i)));
             }
@@ -286,7 +319,11 @@ mod tests {
             ranges.push(s..text.len());
         }
         Fake {
-            tokens: parts.iter().enumerate().map(|(i, p)| p.map(|_| i as u32)).collect(),
+            tokens: parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.map(|_| i as u32))
+                .collect(),
             ranges,
             text,
             conf: vec![0.5; parts.len()],
@@ -318,7 +355,8 @@ mod tests {
 
     const DOC: &str = "fn main() {\n    let x = $0;\n    println!(\"{x}\");\n}\n";
     /// Same, with an unrelated error further down.
-    const BROKEN: &str = "fn main() {\n    let x = $0;\n    println!(\"{x}\");\n}\n\nfn other( {\n    let = ;\n}\n";
+    const BROKEN: &str =
+        "fn main() {\n    let x = $0;\n    println!(\"{x}\");\n}\n\nfn other( {\n    let = ;\n}\n";
 
     #[test]
     fn clean_candidate_is_kept() {
@@ -351,14 +389,34 @@ mod tests {
     #[test]
     fn extra_closer_in_span_is_remasked_mid_denoising() {
         // `foo(1))` while a later position is still masked: the `)` error is not next to the hole.
-        let (v, _) = run(DOC, &[Some("foo"), Some("("), Some("1"), Some(")"), Some(")"), Some(" +"), None], false);
-        assert!(matches!(v, Verdict::Remask(ref p) if p.contains(&4)), "{:?}", matches!(v, Verdict::Keep));
+        let (v, _) = run(
+            DOC,
+            &[
+                Some("foo"),
+                Some("("),
+                Some("1"),
+                Some(")"),
+                Some(")"),
+                Some(" +"),
+                None,
+            ],
+            false,
+        );
+        assert!(
+            matches!(v, Verdict::Remask(ref p) if p.contains(&4)),
+            "{:?}",
+            matches!(v, Verdict::Keep)
+        );
     }
 
     #[test]
     fn holes_explain_errors_mid_denoising() {
         // `foo(` + hole + `)`: incomplete, not wrong.
-        let (v, _) = run(DOC, &[Some("foo"), Some("("), None, Some(" +"), None, Some(")")], false);
+        let (v, _) = run(
+            DOC,
+            &[Some("foo"), Some("("), None, Some(" +"), None, Some(")")],
+            false,
+        );
         assert!(matches!(v, Verdict::Keep));
         // An unclosed block while masks remain is left for later steps.
         let (v, _) = run(DOC, &[Some("{"), Some(" 1"), None, None], false);

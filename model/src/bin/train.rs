@@ -91,6 +91,7 @@ fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    model::pin_thread_count();
     let args = Args::parse();
     let device = Device::Cpu;
     let (cfg, params) = match &args.resume {
