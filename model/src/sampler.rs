@@ -59,6 +59,11 @@ pub struct SamplerParams {
     /// The end-of-infill token is never proposed before this position, so a completion has at
     /// least this many tokens (1 by default: an empty completion is no completion).
     pub min_tokens: usize,
+    /// An end-of-infill token is committed only where every position before it is committed.
+    /// Without this, the tail's padding ends are the most confident predictions, each committed
+    /// end makes its left neighbour's end likelier, and the completion collapses from the right
+    /// to a token or two.
+    pub ends_left_to_right: bool,
 }
 
 impl Default for SamplerParams {
@@ -76,6 +81,7 @@ impl Default for SamplerParams {
             cache_refresh: 0,
             max_extra_steps: 2,
             min_tokens: 1,
+            ends_left_to_right: true,
         }
     }
 }
@@ -721,9 +727,24 @@ pub fn infill_cached(
                     (j, pr)
                 })
                 .collect();
-            let m = proposals.len();
             let last = step + 1 >= steps;
-            let mut k = if last { m } else { m.div_ceil(steps - step) };
+            // The schedule counts every masked position, committable or not.
+            let scheduled = if last {
+                proposals.len()
+            } else {
+                proposals.len().div_ceil(steps - step)
+            };
+            let first_masked = cand.tokens.iter().position(Option::is_none);
+            let proposals: Vec<(usize, Proposal)> = if params.ends_left_to_right && !last {
+                proposals
+                    .into_iter()
+                    .filter(|(j, pr)| pr.token != special.end || Some(*j) == first_masked)
+                    .collect()
+            } else {
+                proposals
+            };
+            let m = proposals.len();
+            let mut k = scheduled.min(m);
             if let (Some(thr), false) = (params.threshold, last) {
                 k = proposals
                     .iter()

@@ -253,3 +253,70 @@ fn context_cache_reuses_keys_across_requests() {
     assert!(!rebuilt.stats.context_reused);
     assert_eq!((cache.reused, cache.rebuilt), (2, 2));
 }
+
+/// The fixture with the end token's output row scaled up, so that end is the confident guess
+/// at many span positions: the situation in which a weak model's completions collapse.
+fn end_heavy_lm() -> DiffusionLm {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied");
+    let dir = std::env::temp_dir().join(format!("diffusion-end-heavy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let dev = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
+    let head = &tensors["lm_head.weight"];
+    let end = lm().tokenizer().special.end as usize;
+    let (vocab, _) = head.dims2().unwrap();
+    let scale: Vec<f32> = (0..vocab)
+        .map(|i| if i == end { 40.0 } else { 1.0 })
+        .collect();
+    let scale = candle_core::Tensor::from_vec(scale, (vocab, 1), &dev).unwrap();
+    let scaled = head
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .broadcast_mul(&scale)
+        .unwrap()
+        .to_dtype(head.dtype())
+        .unwrap();
+    tensors.insert("lm_head.weight".into(), scaled);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let lm = DiffusionLm::load_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    lm
+}
+
+/// Counts views in which an end token is committed while a position before it is still masked
+/// (the last step, which commits everything, aside).
+struct PrematureEnds(usize);
+
+impl StepHook for PrematureEnds {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        if let Some(e) = v.end {
+            if v.step + 1 < v.steps && v.tokens[..e].iter().any(Option::is_none) {
+                self.0 += 1;
+            }
+        }
+        Verdict::Keep
+    }
+}
+
+#[test]
+fn end_tokens_are_committed_only_after_everything_left_of_them() {
+    let lm = end_heavy_lm();
+    let premature_ends = |ends_left_to_right: bool| {
+        let params = SamplerParams {
+            steps: 8,
+            ends_left_to_right,
+            ..Default::default()
+        };
+        let mut hook = PrematureEnds(0);
+        lm.infill(&request(&lm, 24, params), &mut hook).unwrap();
+        hook.0
+    };
+    assert!(
+        premature_ends(false) > 0,
+        "the scaled head should make ends confident out of order"
+    );
+    assert_eq!(premature_ends(true), 0);
+}

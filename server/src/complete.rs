@@ -78,6 +78,7 @@ pub fn sampler_params(settings: &Settings) -> SamplerParams {
         } else {
             0
         },
+        ends_left_to_right: settings.ends_left_to_right,
         ..SamplerParams::default()
     }
 }

@@ -25,6 +25,10 @@ pub struct Settings {
     pub verify: bool,
     /// Wait this long for a newer request before starting the model.
     pub debounce_ms: u64,
+    /// The sampler's `ends_left_to_right` rule. Not a client setting (never read from or merged
+    /// with client JSON): `eval --free-ends` turns it off to measure what it does.
+    #[serde(skip)]
+    pub ends_left_to_right: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             context_tokens: 1024,
             verify: true,
             debounce_ms: 30,
+            ends_left_to_right: true,
         }
     }
 }
@@ -60,6 +65,7 @@ impl Settings {
             }
         }
         let mut s: Settings = serde_json::from_value(current)?;
+        s.ends_left_to_right = self.ends_left_to_right;
         s.clamp();
         Ok(s)
     }

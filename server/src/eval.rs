@@ -34,6 +34,9 @@ pub struct EvalArgs {
     /// Span length = tokens of the reference middle + 1 (end token), not the syntax-sized one.
     #[arg(long)]
     pub oracle_length: bool,
+    /// Let end tokens be committed anywhere by confidence (the sampler's rule off).
+    #[arg(long)]
+    pub free_ends: bool,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -199,6 +202,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     settings.candidates = args.candidates.unwrap_or(settings.candidates);
     settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
     settings.verify = !args.no_verify;
+    settings.ends_left_to_right = !args.free_ends;
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

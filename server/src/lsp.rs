@@ -164,14 +164,16 @@ impl Backend {
                         .log_message(MessageType::INFO, format!("diffusion-ls: {message}"))
                         .await
                 }
-                Err(_) => client
-                    .show_message(
-                        MessageType::ERROR,
-                        format!(
+                Err(_) => {
+                    client
+                        .show_message(
+                            MessageType::ERROR,
+                            format!(
                             "diffusion-ls: cannot load the model, completions are off ({message})"
                         ),
-                    )
-                    .await,
+                        )
+                        .await
+                }
             }
         });
     }
