@@ -85,6 +85,15 @@ pub struct SampleMaker<'a> {
     pub infill_share: f64,
     /// Longest over-allocated span.
     pub max_span: usize,
+    /// Plain samples draw their mask rate t from U(ε, max_mask_rate]. 1 is the MDLM objective;
+    /// lower rates match inference, where the context around the span is always clean.
+    pub max_mask_rate: f64,
+    /// Weight each sample's masked tokens by 1/count (their mean) instead of 1/(t·len): the same
+    /// in expectation, without the rare huge weight of a low-t sample with a forced mask.
+    pub mean_loss: bool,
+    /// The model predicts position i from the hidden state at i-1 (`LogitsConvention::Shifted`):
+    /// position 0 is never masked and an infill span always has a prefix token before it.
+    pub shifted: bool,
 }
 
 const EPS: f64 = 1e-3;
@@ -110,11 +119,16 @@ impl SampleMaker<'_> {
     fn mdlm(&self, text: &str, rng: &mut StdRng) -> Result<Sample> {
         let l = self.seq_len;
         // Start at a random line; ~4 bytes per token, so 6 bytes per slot is plenty.
-        let start = line_start(text, rng.random_range(0..text.len().max(1)));
+        let mut start = line_start(text, rng.random_range(0..text.len().max(1)));
+        if text.len() - start < 64 {
+            // The last line or two: too little to learn from (and a shifted model needs a
+            // token before the first mask).
+            start = line_start(text, start.saturating_sub(l * 2));
+        }
         let end = floor_char(text, (start + l * 6).min(text.len()));
         let mut ids = self.tokenizer.encode(&text[start..end])?;
         ids.truncate(l);
-        let t = EPS + (1.0 - EPS) * rng.random::<f64>();
+        let t = EPS + (self.max_mask_rate - EPS) * rng.random::<f64>();
         let n = ids.len();
         let mut s = Sample {
             ids: ids.clone(),
@@ -131,11 +145,23 @@ impl SampleMaker<'_> {
                 s.weight[i] = w;
             }
         }
-        if !s.masked.iter().any(|&m| m) && n > 0 {
-            let i = rng.random_range(0..n);
+        if self.shifted && n > 0 && s.masked[0] {
+            s.masked[0] = false;
+            s.ids[0] = s.targets[0];
+            s.weight[0] = 0.0;
+        }
+        let first = usize::from(self.shifted);
+        if !s.masked.iter().any(|&m| m) && n > first {
+            let i = rng.random_range(first..n);
             s.masked[i] = true;
             s.ids[i] = self.mask_id();
             s.weight[i] = w;
+        }
+        if self.mean_loss {
+            let count = s.masked.iter().filter(|&&m| m).count().max(1) as f32;
+            for (w, &m) in s.weight.iter_mut().zip(&s.masked) {
+                *w = if m { 1.0 / count } else { 0.0 };
+            }
         }
         self.pad(&mut s);
         Ok(s)
@@ -179,6 +205,9 @@ impl SampleMaker<'_> {
         if prefix.len() > prefix_budget {
             prefix.drain(..prefix.len() - prefix_budget);
         }
+        if self.shifted && prefix.is_empty() {
+            return Ok(None);
+        }
         let suffix_budget = budget - prefix.len();
         let suffix_text = &text[b..floor_char(text, (b + suffix_budget * 6).min(text.len()))];
         let mut suffix = self.tokenizer.encode(suffix_text)?;
@@ -210,10 +239,11 @@ impl SampleMaker<'_> {
         if !any {
             s.masked[p + rng.random_range(0..span)] = true;
         }
+        let count = s.masked.iter().filter(|&&m| m).count() as f32;
         for i in p..p + span {
             if s.masked[i] {
                 s.ids[i] = self.mask_id();
-                s.weight[i] = w;
+                s.weight[i] = if self.mean_loss { 1.0 / count } else { w };
             }
         }
         self.pad(&mut s);
@@ -309,13 +339,16 @@ fn pick_span(text: &str, kind: SpanKind, rng: &mut StdRng) -> Option<(usize, usi
 pub struct Batch {
     pub ids: Tensor,
     pub real: Tensor,
+    /// Rows (of the flattened batch) whose hidden states predict the masked tokens.
     pub masked_index: Tensor,
     pub targets: Tensor,
     pub weights: Tensor,
     pub tokens: usize,
 }
 
-pub fn collate(samples: &[Sample], device: &Device, dtype: DType) -> Result<Batch> {
+/// Stacks samples into a batch. `shifted`: the row that predicts a masked position is the one
+/// before it (the samples never mask position 0 then).
+pub fn collate(samples: &[Sample], shifted: bool, device: &Device, dtype: DType) -> Result<Batch> {
     let b = samples.len();
     let l = samples[0].ids.len();
     let mut ids: Vec<u32> = Vec::with_capacity(b * l);
@@ -329,7 +362,12 @@ pub fn collate(samples: &[Sample], device: &Device, dtype: DType) -> Result<Batc
         real.extend(s.real.iter().map(|&r| if r { 1f32 } else { 0.0 }));
         for j in 0..l {
             if s.masked[j] {
-                idx.push((i * l + j) as u32);
+                if shifted && j == 0 {
+                    return Err(ModelError::Request(
+                        "a shifted model cannot predict position 0".into(),
+                    ));
+                }
+                idx.push((i * l + j - usize::from(shifted)) as u32);
                 tg.push(s.targets[j]);
                 w.push(s.weight[j] / b as f32);
             }
@@ -492,6 +530,7 @@ mod tests {
                     vec![true, true, true, true, false, false],
                 ),
             ],
+            false,
             &Device::Cpu,
             dtype,
         )
@@ -587,6 +626,88 @@ mod tests {
         assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
     }
 
+    /// For a shifted checkpoint the training loss is the cross-entropy of the logits inference
+    /// uses (`forward_logits` applies the shift), position by position.
+    #[test]
+    fn shifted_loss_uses_the_logits_inference_reads() {
+        let cfg = Config {
+            logits: crate::config::LogitsConvention::Shifted,
+            ..tiny_config()
+        };
+        let dev = Device::Cpu;
+        let t =
+            Trainable::new(&cfg, init_params(&cfg, DType::F32, &dev, 4).unwrap(), &dev).unwrap();
+        let ids = vec![2u32, 3, 1, 5, 1, 7];
+        let targets = vec![2u32, 3, 9, 5, 4, 7];
+        let masked = vec![false, false, true, false, true, false];
+        let sample = Sample {
+            ids: ids.clone(),
+            targets: targets.clone(),
+            weight: masked.iter().map(|&m| if m { 0.5 } else { 0.0 }).collect(),
+            masked: masked.clone(),
+            real: vec![true; 6],
+        };
+        let batch = collate(&[sample], true, &dev, DType::F32).unwrap();
+        let loss = diffusion_loss(&t.model, &batch, Exec::Infer)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let logits = t
+            .model
+            .forward_logits(
+                &Tensor::new(ids.as_slice(), &dev)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                None,
+            )
+            .unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), D::Minus1).unwrap();
+        let logp: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+        let want: f32 = (0..6)
+            .filter(|&j| masked[j])
+            .map(|j| -0.5 * logp[j][targets[j] as usize])
+            .sum();
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+        // Position 0 has no row before it.
+        let first_masked = Sample {
+            masked: vec![true, false, false, false, false, false],
+            ..Sample {
+                ids,
+                targets,
+                weight: vec![0.5; 6],
+                masked,
+                real: vec![true; 6],
+            }
+        };
+        assert!(collate(&[first_masked], true, &dev, DType::F32).is_err());
+    }
+
+    /// Shifted samples never mask position 0 and always keep a prefix token before a span.
+    #[test]
+    fn shifted_samples_never_mask_position_zero() {
+        let tok_json = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen2-gqa-untied");
+        let cfg = Config::from_file(&tok_json.join("config.json")).unwrap();
+        let tokenizer = Tokenizer::from_file(&tok_json.join("tokenizer.json"), &cfg).unwrap();
+        let maker = SampleMaker {
+            tokenizer: &tokenizer,
+            seq_len: 48,
+            infill_share: 0.5,
+            max_span: 16,
+            max_mask_rate: 1.0,
+            mean_loss: false,
+            shifted: true,
+        };
+        let text = "fn main() {\n    let x = 1;\n    println!(\"{x}\");\n}\n".repeat(4);
+        let mut rng = StdRng::seed_from_u64(9);
+        for _ in 0..200 {
+            let s = maker.make(&text, &mut rng).unwrap();
+            assert!(!s.masked[0]);
+            assert!(s.masked.iter().any(|&m| m));
+        }
+    }
+
     /// A few optimiser steps on one batch lower its loss.
     #[test]
     fn training_reduces_loss() {
@@ -647,7 +768,10 @@ mod tests {
                 })
                 .collect();
             last = t
-                .step(&mut opt, &collate(&samples, &dev, DType::F32).unwrap())
+                .step(
+                    &mut opt,
+                    &collate(&samples, false, &dev, DType::F32).unwrap(),
+                )
                 .unwrap();
         }
         assert!(last < 1.0, "copy loss {last} (uniform {:.2})", 30f32.ln());

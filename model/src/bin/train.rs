@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use candle_nn::Optimizer;
 use clap::Parser;
-use model::config::Config;
+use model::config::{Config, LogitsConvention};
 use model::tokenizer::Tokenizer;
 use model::train::{collate, diffusion_loss, init_params, SampleMaker, Trainable};
 use model::transformer::Exec;
@@ -65,6 +65,17 @@ struct Args {
     infill_share: f64,
     #[arg(long, default_value_t = 128)]
     max_span: usize,
+    /// Plain samples mask each token with probability t ~ U(0, this]; 1 = MDLM.
+    #[arg(long, default_value_t = 1.0)]
+    max_mask_rate: f64,
+    /// Average each sample's masked-token loss instead of weighting it by 1/t.
+    #[arg(long)]
+    mean_loss: bool,
+    /// Which hidden state predicts a position: its own (in-place, MDLM) or the one before it
+    /// (shifted, as Dream), which sees the previous token directly once it is unmasked.
+    /// Default: in-place for a new model, the checkpoint's own when resuming.
+    #[arg(long, value_enum)]
+    logits: Option<Logits>,
     #[arg(long, default_value_t = 100)]
     save_every: usize,
     #[arg(long, default_value_t = 100)]
@@ -90,11 +101,17 @@ fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Logits {
+    InPlace,
+    Shifted,
+}
+
 fn main() -> anyhow::Result<()> {
     model::pin_thread_count();
     let args = Args::parse();
     let device = Device::Cpu;
-    let (cfg, params) = match &args.resume {
+    let (mut cfg, params) = match &args.resume {
         Some(dir) => {
             let cfg = Config::from_file(&dir.join("config.json"))?;
             let store = TensorStore::load_dir(dir, &device)?;
@@ -130,6 +147,12 @@ fn main() -> anyhow::Result<()> {
             (cfg, params)
         }
     };
+    match args.logits {
+        Some(Logits::InPlace) => cfg.logits = LogitsConvention::InPlace,
+        Some(Logits::Shifted) => cfg.logits = LogitsConvention::Shifted,
+        None => {}
+    }
+    let shifted = cfg.logits == LogitsConvention::Shifted;
     let tokenizer = Tokenizer::from_file(&args.tokenizer, &cfg)?;
     eprintln!(
         "model: {:.2}M params, vocab {}",
@@ -165,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             args.max_span,
             args.seed,
         );
+        let (max_mask_rate, mean_loss) = (args.max_mask_rate, args.mean_loss);
         let tok_path = args.tokenizer.clone();
         let cfg = cfg.clone();
         std::thread::spawn(move || -> anyhow::Result<()> {
@@ -174,6 +198,9 @@ fn main() -> anyhow::Result<()> {
                 seq_len,
                 infill_share,
                 max_span,
+                max_mask_rate,
+                mean_loss,
+                shifted,
             };
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ prior_tokens as u64);
             loop {
@@ -190,11 +217,15 @@ fn main() -> anyhow::Result<()> {
     }
     // A fixed validation set.
     let val_batches = {
+        // Always the MDLM objective, whatever the training options, so that runs compare.
         let maker = SampleMaker {
             tokenizer: &tokenizer,
             seq_len: args.seq_len,
             infill_share: args.infill_share,
             max_span: args.max_span,
+            max_mask_rate: 1.0,
+            mean_loss: false,
+            shifted,
         };
         let mut rng = StdRng::seed_from_u64(1234);
         (0..6)
@@ -202,7 +233,7 @@ fn main() -> anyhow::Result<()> {
                 let s: Vec<_> = (0..args.batch)
                     .map(|_| maker.make(&val[rng.random_range(0..val.len())], &mut rng))
                     .collect::<Result<_, _>>()?;
-                Ok(collate(&s, &device, DType::F32)?)
+                Ok(collate(&s, shifted, &device, DType::F32)?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
@@ -228,7 +259,7 @@ fn main() -> anyhow::Result<()> {
         };
         opt.set_learning_rate(args.lr * warm * decay);
         let samples = rx.recv()?;
-        let batch = collate(&samples, &device, DType::F32)?;
+        let batch = collate(&samples, shifted, &device, DType::F32)?;
         tokens_seen += batch.tokens;
         let loss = trainable.step(&mut opt, &batch)?;
         ema = Some(ema.map_or(loss, |e| 0.98 * e + 0.02 * loss));
