@@ -64,6 +64,11 @@ pub struct SamplerParams {
     /// end makes its left neighbour's end likelier, and the completion collapses from the right
     /// to a token or two.
     pub ends_left_to_right: bool,
+    /// Semi-autoregressive decoding: only the first W still-masked positions may be committed
+    /// in a step (LLaDA's blocks, sliding). `None`: any position. For a shifted model a
+    /// position whose left neighbour is known is predicted from that token directly, so a
+    /// narrow window helps a weak model most.
+    pub commit_window: Option<usize>,
 }
 
 impl Default for SamplerParams {
@@ -82,6 +87,7 @@ impl Default for SamplerParams {
             max_extra_steps: 2,
             min_tokens: 1,
             ends_left_to_right: true,
+            commit_window: None,
         }
     }
 }
@@ -742,6 +748,17 @@ pub fn infill_cached(
                     .collect()
             } else {
                 proposals
+            };
+            // `proposals` run left to right, so the window is a prefix of the masked ones.
+            let proposals: Vec<(usize, Proposal)> = match (params.commit_window, last) {
+                (Some(w), false) => {
+                    let allowed: Vec<usize> = masked.iter().copied().take(w.max(1)).collect();
+                    proposals
+                        .into_iter()
+                        .filter(|(j, _)| allowed.contains(j))
+                        .collect()
+                }
+                _ => proposals,
             };
             let m = proposals.len();
             let mut k = scheduled.min(m);

@@ -320,3 +320,35 @@ fn end_tokens_are_committed_only_after_everything_left_of_them() {
     );
     assert_eq!(premature_ends(true), 0);
 }
+
+/// Whether, in every view before the last step, the committed positions form a prefix.
+struct CommittedPrefix(bool);
+
+impl StepHook for CommittedPrefix {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        if v.step + 1 < v.steps {
+            let first_masked = v.tokens.iter().position(Option::is_none);
+            if let Some(f) = first_masked {
+                self.0 &= v.tokens[f..].iter().all(Option::is_none);
+            }
+        }
+        Verdict::Keep
+    }
+}
+
+#[test]
+fn a_commit_window_of_one_decodes_left_to_right() {
+    let lm = lm();
+    let run = |commit_window| {
+        let params = SamplerParams {
+            steps: 8,
+            commit_window,
+            ..Default::default()
+        };
+        let mut hook = CommittedPrefix(true);
+        lm.infill(&request(&lm, 16, params), &mut hook).unwrap();
+        hook.0
+    };
+    assert!(!run(None), "confidence order alone commits out of order");
+    assert!(run(Some(1)));
+}

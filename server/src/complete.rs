@@ -79,6 +79,7 @@ pub fn sampler_params(settings: &Settings) -> SamplerParams {
             0
         },
         ends_left_to_right: settings.ends_left_to_right,
+        commit_window: (settings.commit_window > 0).then_some(settings.commit_window),
         ..SamplerParams::default()
     }
 }

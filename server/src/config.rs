@@ -29,6 +29,10 @@ pub struct Settings {
     /// with client JSON): `eval --free-ends` turns it off to measure what it does.
     #[serde(skip)]
     pub ends_left_to_right: bool,
+    /// The sampler's `commit_window` (0 = none). Not a client setting either: `eval
+    /// --commit-window N` measures it.
+    #[serde(skip)]
+    pub commit_window: usize,
 }
 
 impl Default for Settings {
@@ -43,6 +47,7 @@ impl Default for Settings {
             verify: true,
             debounce_ms: 30,
             ends_left_to_right: true,
+            commit_window: 0,
         }
     }
 }
@@ -66,6 +71,7 @@ impl Settings {
         }
         let mut s: Settings = serde_json::from_value(current)?;
         s.ends_left_to_right = self.ends_left_to_right;
+        s.commit_window = self.commit_window;
         s.clamp();
         Ok(s)
     }

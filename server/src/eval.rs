@@ -37,6 +37,9 @@ pub struct EvalArgs {
     /// Let end tokens be committed anywhere by confidence (the sampler's rule off).
     #[arg(long)]
     pub free_ends: bool,
+    /// Commit only among the first N masked positions per step (0 = anywhere).
+    #[arg(long)]
+    pub commit_window: Option<usize>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -203,6 +206,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
     settings.verify = !args.no_verify;
     settings.ends_left_to_right = !args.free_ends;
+    settings.commit_window = args.commit_window.unwrap_or(settings.commit_window);
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
