@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The evaluation in MODEL.md: diffusion-ls eval on the dev cases for every kind, with and without
-# tree-sitter verification, a sweep over steps, and the oracle span length. Prints one line per run.
+# tree-sitter verification, a sweep over steps, the oracle span length, the sampler's end rule off,
+# a shorter context window and a semi-autoregressive commit window. Prints one line per run.
 #   scripts/model_eval.sh [CASES] [EXTRA EVAL ARGS...]     (CASES default ../shared/eval/dev.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,7 @@ EXTRA=("$@")
 run default
 run no-verify --no-verify
 run oracle-length --oracle-length
+run free-ends --free-ends
+run context-256 --context-tokens 256
+run commit-window-4 --commit-window 4
 for k in 1 2 4 8 16 32; do run "steps-$k" --steps "$k"; done
