@@ -41,7 +41,8 @@ def main(log_path, out_path):
     ax.set_ylabel("masked-diffusion loss (1/t weighted CE)")
     ax.set_title("diffusion-ls default model")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right", fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(out_path)
 
