@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn fixture() -> String {
-    format!("{}/../model/tests/fixtures/qwen2-gqa-untied", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../model/tests/fixtures/qwen2-gqa-untied",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 struct Server {
@@ -71,7 +74,14 @@ impl Server {
                 }
             }
         });
-        Server { child, stdin, rx, next_id: 1, server_requests: vec![], notifications: vec![] }
+        Server {
+            child,
+            stdin,
+            rx,
+            next_id: 1,
+            server_requests: vec![],
+            notifications: vec![],
+        }
     }
 
     fn write_raw(&mut self, body: &[u8]) {
@@ -104,8 +114,12 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             let msg = match self.rx.recv_timeout(left) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => panic!("no response for {id:?} within {TIMEOUT:?}"),
-                Err(RecvTimeoutError::Disconnected) => panic!("server closed stdout waiting for {id:?}"),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no response for {id:?} within {TIMEOUT:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server closed stdout waiting for {id:?}")
+                }
             };
             if let Some(method) = msg.get("method").and_then(Value::as_str) {
                 let params = msg.get("params").cloned().unwrap_or(Value::Null);
@@ -163,7 +177,10 @@ impl Server {
 
     fn text(&mut self, uri: &str) -> (i64, String) {
         let r = self.result("diffusionLs/debugDocument", json!({"uri": uri}));
-        (r["version"].as_i64().unwrap(), r["text"].as_str().unwrap().to_string())
+        (
+            r["version"].as_i64().unwrap(),
+            r["text"].as_str().unwrap().to_string(),
+        )
     }
 
     fn wait_ready(&mut self) {
@@ -181,7 +198,10 @@ impl Server {
                 assert!(status.success(), "exit status {status}");
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not exit after `exit`");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after `exit`"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -216,7 +236,11 @@ fn inline_params(uri: &str, line: u32, character: u32) -> Value {
 /// Applies an LSP change (`range` in UTF-16 or UTF-8 units) to a String, independently of ropey.
 fn apply(text: &mut String, (l0, c0, l1, c1): (u32, u32, u32, u32), new: &str, utf8: bool) {
     let offset = |text: &str, line: u32, col: u32| -> usize {
-        let start: usize = text.split_inclusive('\n').take(line as usize).map(str::len).sum();
+        let start: usize = text
+            .split_inclusive('\n')
+            .take(line as usize)
+            .map(str::len)
+            .sum();
         let mut units = 0;
         for (i, ch) in text[start..].char_indices() {
             if units >= col as usize || ch == '\n' {
@@ -233,19 +257,36 @@ fn apply(text: &mut String, (l0, c0, l1, c1): (u32, u32, u32, u32), new: &str, u
 fn edit_session(utf8: bool) {
     let mut s = Server::start();
     let enc = if utf8 { "utf-8" } else { "utf-16" };
-    let init = s.initialize(if utf8 { &["utf-8", "utf-16"] } else { &["utf-16"] }, json!({}));
+    let init = s.initialize(
+        if utf8 {
+            &["utf-8", "utf-16"]
+        } else {
+            &["utf-16"]
+        },
+        json!({}),
+    );
     assert_eq!(init["capabilities"]["positionEncoding"], enc);
     let uri = "file:///tmp/emoji.rs";
-    let mut text = String::from("fn main() {\n    let s = \"héllo 😀 wörld\";\n    // 日本語 👩‍💻\n}\n");
+    let mut text =
+        String::from("fn main() {\n    let s = \"héllo 😀 wörld\";\n    // 日本語 👩‍💻\n}\n");
     s.open(uri, &text);
-    let width = |s: &str| if utf8 { s.len() as u32 } else { s.encode_utf16().count() as u32 };
+    let width = |s: &str| {
+        if utf8 {
+            s.len() as u32
+        } else {
+            s.encode_utf16().count() as u32
+        }
+    };
     let l1 = "    let s = \"héllo 😀";
     let l2 = "    // 日本語 👩‍💻";
     type Edit = ((u32, u32, u32, u32), &'static str);
     let edits: Vec<Edit> = vec![
         ((1, width(l1), 1, width(l1)), "🎉"),
         ((2, width(l2), 2, width(l2)), " ✓"),
-        ((1, width("    let s = \""), 1, width("    let s = \"héllo")), "ça"),
+        (
+            (1, width("    let s = \""), 1, width("    let s = \"héllo")),
+            "ça",
+        ),
         ((3, 0, 3, 1), "}\nfn ü() {}"),
         ((0, 3, 0, 7), "principal"),
     ];
@@ -306,30 +347,70 @@ fn initialize_advertises_features() {
     assert_eq!(caps["positionEncoding"], "utf-16");
     assert_eq!(caps["inlineCompletionProvider"], true);
     assert_eq!(caps["textDocumentSync"]["change"], 2, "incremental sync");
-    let commands: Vec<&str> =
-        caps["executeCommandProvider"]["commands"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-    for c in ["diffusion-ls.acceptCompletion", "diffusion-ls.fillSelection", "diffusion-ls.rewriteFunction"] {
+    let commands: Vec<&str> = caps["executeCommandProvider"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in [
+        "diffusion-ls.acceptCompletion",
+        "diffusion-ls.fillSelection",
+        "diffusion-ls.rewriteFunction",
+    ] {
         assert!(commands.contains(&c), "{c} missing from {commands:?}");
     }
     s.wait_ready();
     // Loading reported progress: create, begin, end.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !s.notifications.iter().any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "end") {
-        assert!(Instant::now() < deadline, "no end of progress: {:?}", s.notifications);
+    while !s
+        .notifications
+        .iter()
+        .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "end")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no end of progress: {:?}",
+            s.notifications
+        );
         s.result("diffusionLs/status", Value::Null);
     }
-    assert!(s.server_requests.iter().any(|(m, _)| m == "window/workDoneProgress/create"));
-    assert!(s.notifications.iter().any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
+    assert!(s
+        .server_requests
+        .iter()
+        .any(|(m, _)| m == "window/workDoneProgress/create"));
+    assert!(s
+        .notifications
+        .iter()
+        .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
     // Settings: initializationOptions, then a partial didChangeConfiguration on top.
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"].as_str().unwrap().to_string();
-    assert!(settings.contains("steps: 3") && settings.contains("debounce_ms: 5"), "{settings}");
-    s.notify("workspace/didChangeConfiguration", json!({"settings": {"diffusion-ls": {"candidates": 2, "verify": false}}}));
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"].as_str().unwrap().to_string();
-    assert!(settings.contains("steps: 3") && settings.contains("candidates: 2") && settings.contains("verify: false"), "{settings}");
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        settings.contains("steps: 3") && settings.contains("debounce_ms: 5"),
+        "{settings}"
+    );
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"diffusion-ls": {"candidates": 2, "verify": false}}}),
+    );
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        settings.contains("steps: 3")
+            && settings.contains("candidates: 2")
+            && settings.contains("verify: false"),
+        "{settings}"
+    );
     s.shutdown();
 }
 
-const SRC: &str = "fn add(a: i32, b: i32) -> i32 {\n    let sum = foo();\n    sum\n}\n\nfn main() {\n    \n}\n";
+const SRC: &str =
+    "fn add(a: i32, b: i32) -> i32 {\n    let sum = foo();\n    sum\n}\n\nfn main() {\n    \n}\n";
 
 #[test]
 fn inline_completion_items() {
@@ -342,12 +423,22 @@ fn inline_completion_items() {
     let col = "    let sum = foo(".len() as u32;
     let r = s.result("textDocument/inlineCompletion", inline_params(uri, 1, col));
     let items = r["items"].as_array().expect("an InlineCompletionList");
-    assert!(!items.is_empty(), "the loose settings should give items: {r}");
+    assert!(
+        !items.is_empty(),
+        "the loose settings should give items: {r}"
+    );
     for item in items {
         let text = item["insertText"].as_str().unwrap();
-        assert!(text.ends_with(");"), "Tabby's rule re-types the closers: {text:?}");
+        assert!(
+            text.ends_with(");"),
+            "Tabby's rule re-types the closers: {text:?}"
+        );
         assert_eq!(item["range"]["start"], pos(1, col));
-        assert_eq!(item["range"]["end"], pos(1, col + 2), "the range covers `);`");
+        assert_eq!(
+            item["range"]["end"],
+            pos(1, col + 2),
+            "the range covers `);`"
+        );
         assert_eq!(item["command"]["command"], "diffusion-ls.acceptCompletion");
     }
     // Blank line in an empty block: a block completion at the cursor, nothing to replace.
@@ -398,7 +489,10 @@ fn typing_into_a_completion_is_served_from_it() {
     s.open(uri, SRC);
     let col = "    let sum = foo(".len() as u32;
     let r = s.result("textDocument/inlineCompletion", inline_params(uri, 1, col));
-    let first = r["items"][0]["insertText"].as_str().expect("an item").to_string();
+    let first = r["items"][0]["insertText"]
+        .as_str()
+        .expect("an item")
+        .to_string();
     let completion = first.strip_suffix(");").unwrap();
     let typed: String = completion.chars().take(1).collect();
     let rest = &completion[typed.len()..];
@@ -410,9 +504,20 @@ fn typing_into_a_completion_is_served_from_it() {
         json!({"textDocument": {"uri": uri, "version": 2},
                "contentChanges": [{"range": {"start": pos(1, col), "end": pos(1, col)}, "text": typed}]}),
     );
-    let r = s.result("textDocument/inlineCompletion", inline_params(uri, 1, col + typed.len() as u32));
-    let texts: Vec<&str> = r["items"].as_array().unwrap().iter().map(|i| i["insertText"].as_str().unwrap()).collect();
-    assert!(texts.contains(&format!("{rest});").as_str()), "{texts:?} should contain {rest:?}");
+    let r = s.result(
+        "textDocument/inlineCompletion",
+        inline_params(uri, 1, col + typed.len() as u32),
+    );
+    let texts: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["insertText"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts.contains(&format!("{rest});").as_str()),
+        "{texts:?} should contain {rest:?}"
+    );
     s.shutdown();
 }
 
@@ -459,8 +564,16 @@ fn code_actions_and_commands_apply_edits() {
         "textDocument/codeAction",
         json!({"textDocument": {"uri": uri}, "range": selection, "context": {"diagnostics": []}}),
     );
-    let commands: Vec<&str> = r.as_array().unwrap().iter().map(|a| a["command"]["command"].as_str().unwrap()).collect();
-    assert_eq!(commands, ["diffusion-ls.fillSelection", "diffusion-ls.rewriteFunction"]);
+    let commands: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["command"]["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        commands,
+        ["diffusion-ls.fillSelection", "diffusion-ls.rewriteFunction"]
+    );
     // Outside any function: no rewrite.
     let r = s.result(
         "textDocument/codeAction",
@@ -469,9 +582,16 @@ fn code_actions_and_commands_apply_edits() {
     assert_eq!(r.as_array().unwrap().len(), 0, "{r}");
 
     let args = r#"{"command": "diffusion-ls.fillSelection", "arguments": [{"uri": "file:///tmp/actions.rs", "range": {"start": {"line": 1, "character": 14}, "end": {"line": 1, "character": 19}}}]}"#;
-    let r = s.result("workspace/executeCommand", serde_json::from_str(args).unwrap());
+    let r = s.result(
+        "workspace/executeCommand",
+        serde_json::from_str(args).unwrap(),
+    );
     if r["applied"] == true {
-        let (method, params) = s.server_requests.last().expect("an applyEdit request").clone();
+        let (method, params) = s
+            .server_requests
+            .last()
+            .expect("an applyEdit request")
+            .clone();
         assert_eq!(method, "workspace/applyEdit");
         let edit = &params["edit"]["changes"][uri][0];
         assert_eq!(edit["range"], selection);
@@ -488,9 +608,16 @@ fn code_actions_and_commands_apply_edits() {
     if r["applied"] == true {
         let (_, params) = s.server_requests.last().unwrap().clone();
         let edit = &params["edit"]["changes"][uri][0];
-        assert_eq!(edit["range"], json!({"start": pos(0, 31), "end": pos(3, 0)}), "the body inside the braces");
+        assert_eq!(
+            edit["range"],
+            json!({"start": pos(0, 31), "end": pos(3, 0)}),
+            "the body inside the braces"
+        );
     }
-    let r = s.request("workspace/executeCommand", json!({"command": "diffusion-ls.nope", "arguments": []}));
+    let r = s.request(
+        "workspace/executeCommand",
+        json!({"command": "diffusion-ls.nope", "arguments": []}),
+    );
     assert_eq!(r["error"]["code"], -32602);
     s.shutdown();
 }
@@ -511,12 +638,21 @@ fn bad_input_never_kills_the_server() {
     let col = "fn a() { let s = \"".encode_utf16().count() as u32 + 1;
     let r = s.request("textDocument/completion", at(uri, 0, col));
     assert_eq!(r["error"]["code"], -32602, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("surrogate"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("surrogate"),
+        "{r}"
+    );
     // Column past the end of a line: clamped, as the specification says.
     let r = s.request("textDocument/completion", at(uri, 0, 500));
     assert!(r.get("error").is_none(), "{r}");
     // Unknown document: an empty answer.
-    let r = s.result("textDocument/inlineCompletion", inline_params("file:///nowhere.rs", 0, 0));
+    let r = s.result(
+        "textDocument/inlineCompletion",
+        inline_params("file:///nowhere.rs", 0, 0),
+    );
     assert!(r.is_null(), "{r}");
     // Bad edit ranges are reported in the log, not applied, and do not stop the server.
     s.notify(
@@ -531,8 +667,14 @@ fn bad_input_never_kills_the_server() {
     // A huge document is accepted and answered with nothing.
     let huge = "// padding\n".repeat(200_000);
     s.open("file:///tmp/huge.rs", &huge);
-    let r = s.result("textDocument/inlineCompletion", inline_params("file:///tmp/huge.rs", 10, 0));
-    assert!(r.is_null() || r["items"].as_array().is_some_and(|i| i.is_empty()), "{r}");
+    let r = s.result(
+        "textDocument/inlineCompletion",
+        inline_params("file:///tmp/huge.rs", 10, 0),
+    );
+    assert!(
+        r.is_null() || r["items"].as_array().is_some_and(|i| i.is_empty()),
+        "{r}"
+    );
     // A handler that panics answers an internal error; the server keeps going.
     let r = s.request("diffusionLs/debugPanic", Value::Null);
     assert_eq!(r["error"]["code"], -32603, "{r}");
@@ -551,7 +693,10 @@ fn exit_without_shutdown_is_an_error_exit() {
             assert_eq!(status.code(), Some(1));
             return;
         }
-        assert!(Instant::now() < deadline, "server did not exit after `exit`");
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after `exit`"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -568,11 +713,26 @@ fn missing_model_keeps_answering_empty() {
     assert!(r.is_null(), "{r}");
     // The reason is shown to the user (the message may trail the status answer a little).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !s.notifications.iter().any(|(m, _)| m == "window/showMessage") && Instant::now() < deadline {
+    while !s
+        .notifications
+        .iter()
+        .any(|(m, _)| m == "window/showMessage")
+        && Instant::now() < deadline
+    {
         let _ = s.text(uri);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, p) = s.notifications.iter().find(|(m, _)| m == "window/showMessage").expect("a showMessage");
-    assert!(p["message"].as_str().unwrap().contains("/nonexistent/model"), "{p}");
+    let (_, p) = s
+        .notifications
+        .iter()
+        .find(|(m, _)| m == "window/showMessage")
+        .expect("a showMessage");
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/model"),
+        "{p}"
+    );
     s.shutdown();
 }
