@@ -231,9 +231,13 @@ def test_fill_and_rewrite_commands(nvim, tmp_path, server_cmd, fast_settings):
     assert after[0] == before[0], "the line before the range is untouched"
     assert after[-4:] == before[-4:], "the lines after the range are untouched"
     assert nvim.exec_lua("return require('diffusion_ls').state.last_latency_ms") is not None
+    # Undo restores the file, so that the rewrite below does not depend on what the model wrote
+    # here (an unverified fill can leave the file without a parseable `fn main`).
+    nvim.command("undo")
+    assert nvim.current.buffer[:] == before
+    time.sleep(1)  # let the undo's didChange reach the server before the next command
 
     # Rewrite the function around the cursor (inside main).
-    before = nvim.current.buffer[:]
     main_line = next(i for i, line in enumerate(before) if line.startswith("fn main")) + 1
     nvim.current.window.cursor = (main_line + 1, 4)
     nvim.command("DiffusionRewrite")
