@@ -28,6 +28,7 @@ from .data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK
 from .model import DiffusionLM, ModelConfig
 from .recipes import RECIPES
 
+REPO = Path(__file__).resolve().parent.parent.parent
 LINE_SPAN, BLOCK_SPAN = 24, 64
 CLOSERS = set(")]};,")
 
@@ -196,8 +197,8 @@ def evaluate(model, layout: Layout, tok, cases, steps=8, positions=256, limit=No
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run directory with ckpt.pt")
-    ap.add_argument("--cases", default="../shared/eval/dev.jsonl")
-    ap.add_argument("--tokenizer", default="../model/default/tokenizer.json")
+    ap.add_argument("--cases", default=str(REPO.parent / "shared/eval/dev.jsonl"))
+    ap.add_argument("--tokenizer", default=str(REPO / "model/default/tokenizer.json"))
     ap.add_argument("--layout", choices=["spm", "psm"], help="default: the run's recipe's")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--positions", type=int, default=256, help="context + span positions")

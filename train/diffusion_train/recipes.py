@@ -60,8 +60,10 @@ RECIPES = {r.name: r for r in [
            notes="(b) AR first, then bidirectional masked diffusion (Dream / DiffuCoder adaptation)"),
     Recipe("ar_then_block", "spm", (TRUNK, Phase(1 * M, BLOCK_MIX)), decay=0.1,
            notes="(c) AR-FIM first, then block diffusion over the middle, the context causal"),
+    Recipe("ar_then_block_only", "spm", (TRUNK, Phase(1 * M, {"spm_block": 1.0}, ar_weight=0.0)), decay=0.1,
+           notes="(d) as (c), but the adaptation drops every autoregressive loss: the middle's denoising alone"),
     Recipe("block_joint", "spm", (Phase(5 * M, {"spm_block": 0.5, "spm_fim": 0.25, "ar": 0.25}),),
-           decay=0.1, notes="(d) block diffusion and AR-FIM together from scratch"),
+           decay=0.1, notes="block diffusion and AR-FIM together from scratch (not in the A/B: its budget went to the long run)"),
     # The long run: the winner's last phase, open-ended, at constant learning rate.
     Recipe("long_block", "spm", (Phase(None, BLOCK_MIX),),
            notes="the long run of the chosen recipe (c), resumed across sessions"),
@@ -70,14 +72,19 @@ RECIPES = {r.name: r for r in [
 ]}
 
 
-def lr_at(step: int, tokens: int, recipe: Recipe, lr: float, warmup: int) -> float:
-    scale = min(1.0, (step + 1) / max(1, warmup))
-    total = recipe.total
-    if recipe.decay > 0 and total:
-        start = total * (1 - recipe.decay)
-        if tokens > start:
-            frac = min(1.0, (tokens - start) / (total - start))
-            scale *= 1.0 - 0.9 * frac
+def lr_at(step: int, tokens: int, recipe: Recipe, lr: float, warmup: int, *, warm_from: int = 0,
+          decay_end: int | None = None, decay_tokens: int = 0) -> float:
+    """Warm-up over `warmup` steps from `warm_from` (a branch warms up again), constant, then a
+    linear decay to 10%: over the recipe's last `decay` share, or over the `decay_tokens`
+    before `decay_end` (a cool-down of an open-ended run before an export)."""
+    scale = min(1.0, (step - warm_from + 1) / max(1, warmup))
+    start = end = None
+    if decay_end and decay_tokens:
+        start, end = decay_end - decay_tokens, decay_end
+    elif recipe.decay > 0 and recipe.total:
+        start, end = recipe.total * (1 - recipe.decay), recipe.total
+    if start is not None and tokens > start:
+        scale *= 1.0 - 0.9 * min(1.0, (tokens - start) / max(1, end - start))
     return lr * scale
 
 

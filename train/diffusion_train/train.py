@@ -100,18 +100,19 @@ def load_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def load_weights(source: Path) -> tuple[ModelConfig, dict]:
-    """Weights to start from: a run directory (ckpt.pt) or an exported model folder."""
+def load_weights(source: Path) -> tuple[ModelConfig, dict, int]:
+    """Weights to start from: a run directory (ckpt.pt) or an exported model folder; and the
+    tokens they were trained on (so a run's count goes on across sessions)."""
     if (source / "ckpt.pt").exists():
         ck = load_checkpoint(source / "ckpt.pt")
-        return ModelConfig(**ck["config"]), ck["model"]
+        return ModelConfig(**ck["config"]), ck["model"], ck["state"]["tokens"]
     from safetensors.torch import load_file
     hf = json.loads((source / "config.json").read_text())
     cfg = ModelConfig(**{k: hf[k] for k in ModelConfig().to_dict()})
     state = {}
     for f in sorted(source.glob("model*.safetensors")):
         state.update({k: v.float() for k, v in load_file(str(f)).items()})
-    return cfg, state
+    return cfg, state, int(hf.get("training", {}).get("tokens", 0))
 
 
 @torch.no_grad()
@@ -154,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--tokens", type=float, default=None, help="stop when this many tokens are seen in all (default: the recipe's)")
+    ap.add_argument("--decay-tokens", type=float, default=None,
+                    help="cool down: decay the learning rate linearly to 10%% over this many tokens before --tokens")
     ap.add_argument("--minutes", type=float, default=None, help="stop after this much wall-clock")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -192,19 +195,22 @@ def main(argv=None):
         ck = load_checkpoint(ckpt_path)
     elif args.branch_from:
         ck = load_checkpoint(Path(args.branch_from) / "ckpt.pt")
+    state = {"step": 0, "tokens": 0, "seconds": 0.0}
     cfg = ModelConfig(**ck["config"]) if ck else PRESETS[args.preset]
     init = None
     if args.init_from and not ck:
-        cfg, init = load_weights(Path(args.init_from))
+        cfg, init, tokens_before = load_weights(Path(args.init_from))
     model = DiffusionLM(cfg)
     if init is not None:
         model.load_state_dict(init)
-    state = {"step": 0, "tokens": 0, "seconds": 0.0}
+        state["tokens"] = state["tokens_total_before"] = tokens_before
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     if ck:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         state.update(ck["state"])
+        if not ckpt_path.exists() and args.branch_from:
+            state["warm_from"] = state["step"]  # a branch warms up again
     model.to(device)
     for group in opt.state.values():
         for k, v in group.items():
@@ -259,7 +265,8 @@ def main(argv=None):
             break
         if stop["now"]:
             break
-        lr = lr_at(state["step"], state["tokens"], recipe, args.lr, args.warmup)
+        lr = lr_at(state["step"], state["tokens"], recipe, args.lr, args.warmup, warm_from=state.get("warm_from", 0),
+                   decay_end=target, decay_tokens=int(args.decay_tokens or 0))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
@@ -320,7 +327,9 @@ def main(argv=None):
         if args.export:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.export_dtype]
             files = export(model, args.export, args.tokenizer, recipe.layout, dtype=dtype,
-                           shard_mb=args.shard_mb, max_positions=args.max_positions)
+                           shard_mb=args.shard_mb, max_positions=args.max_positions,
+                           extra={"training": {"tokens": state["tokens"], "recipe": recipe.name,
+                                               "seq_len": args.seq_len}})
             print(f"exported {args.export}: {', '.join(f.name for f in files)}", file=sys.stderr)
     if world > 1:
         dist.destroy_process_group()
