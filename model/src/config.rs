@@ -251,30 +251,6 @@ impl Config {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// JSON in Hugging Face form, as our own checkpoints are saved.
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["DiffusionQwen2"],
-            "model_type": "qwen2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
-            "sliding_window": null,
-            "diffusion_logits": match self.logits { LogitsConvention::InPlace => "in_place", LogitsConvention::Shifted => "shifted" },
-            "mask_token_id": self.mask_token_id,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_id,
-        })
-    }
-
     /// Parameter count (embeddings included).
     pub fn num_params(&self) -> usize {
         let d = self.hidden_size;
