@@ -317,10 +317,11 @@ impl Transformer {
     /// Move cached keys (B, KVH, L, hd) by `delta` positions: RoPE rotations compose, so keys
     /// computed at p become keys at p + delta without recomputing them.
     pub fn shift_keys(&self, k: &Tensor, delta: i64) -> Result<Tensor> {
-        if delta == 0 {
+        let l = k.dim(2)?;
+        // candle's rope kernel panics on an empty block ("chunk_size must not be zero").
+        if delta == 0 || l == 0 {
             return Ok(k.clone());
         }
-        let l = k.dim(2)?;
         let (cos, sin) = self.rope_tables_signed(&vec![delta; l])?;
         Ok(candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?)
     }

@@ -188,3 +188,49 @@ pub fn complete(
         stats,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> DiffusionLm {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../model/tests/fixtures")
+            .join(name);
+        DiffusionLm::load_dir(&dir).unwrap()
+    }
+
+    fn complete_at(
+        lm: &DiffusionLm,
+        text: &str,
+        cursor: usize,
+        cache: &mut ContextCache,
+    ) -> Answer {
+        let req = Request {
+            snapshot: Snapshot::from_text(
+                "file:///main.rs",
+                crate::language::by_language_id("rust"),
+                text,
+            ),
+            target: Target::Cursor(cursor),
+            settings: Settings::default(),
+            span_len: None,
+            cancel: CancelToken::default(),
+        };
+        complete(lm, &req, Some(cache)).unwrap()
+    }
+
+    /// Completing at the end of a file, typing `f` there and completing again: both suffixes
+    /// are empty, so they share no tokens while the span moved, and re-rotating the empty block
+    /// of shared suffix keys panicked in candle's rope ("chunk_size must not be zero").
+    #[test]
+    fn typing_at_the_end_of_the_file_does_not_panic_in_shift_keys() {
+        let lm = fixture("qwen2-gqa-untied");
+        let mut cache = ContextCache::default();
+        let text = "fn main() {\n    let x = 1;\n}\n";
+        complete_at(&lm, text, text.len(), &mut cache);
+        let typed = format!("{text}f");
+        complete_at(&lm, &typed, typed.len(), &mut cache);
+        assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+}
