@@ -1,16 +1,19 @@
-//! The bidirectional Qwen2-family transformer used by the open diffusion code models (Dream,
-//! DiffuCoder, Open-dCoder) and by our own default model: RMSNorm, RoPE, grouped-query attention
-//! with q/k/v biases, SwiGLU MLP, tied or untied embeddings, and no causal mask.
+//! The Qwen2-family transformer used by the open diffusion code models (Dream, DiffuCoder,
+//! Open-dCoder) and by our own default model: RMSNorm, RoPE, grouped-query attention with q/k/v
+//! biases, SwiGLU MLP, tied or untied embeddings. Attention is bidirectional except where a pass
+//! says otherwise.
 //!
 //! Three ways to run it:
-//! - [`Transformer::forward_full`]: the whole sequence at once (parity tests, training, and the
-//!   refresh of the context cache during infilling);
+//! - [`Transformer::forward_full`]: the whole sequence at once (parity tests, and the refresh of
+//!   the context cache during bidirectional infilling);
 //! - [`Transformer::forward_span`]: only the few "active" tokens of an infill span, attending to the
-//!   cached keys/values of the fixed context around them (the Fast-dLLM approximate cache);
-//! - [`Transformer::forward_causal`]: causal decoding with a growing KV cache, the autoregressive
-//!   baseline that the benches compare against.
+//!   cached keys/values of the fixed context around them (the Fast-dLLM approximate cache; exact
+//!   for the causal context of `spm_block`);
+//! - [`Transformer::forward_causal`]: causal passes with a growing KV cache: the `spm_block`
+//!   infill context, and the autoregressive baseline that the benches compare against.
 //!
-//! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed.
+//! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed outside
+//! the causal passes.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -101,11 +104,38 @@ impl ContextKv {
     }
 }
 
-/// Growing per-layer cache for causal decoding.
-#[derive(Default)]
+/// Growing per-layer cache for causal passes.
+#[derive(Clone, Default)]
 pub struct CausalCache {
     layers: Vec<Option<KvBlock>>,
     pub len: usize,
+}
+
+impl CausalCache {
+    /// Forget every position from `len` on. Exact: a causal key/value depends only on the
+    /// tokens up to its own position.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            *self = Self::default();
+            return Ok(());
+        }
+        for kv in self.layers.iter_mut().flatten() {
+            kv.k = kv.k.narrow(2, 0, len)?;
+            kv.v = kv.v.narrow(2, 0, len)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The cached keys/values as the fixed context of a span pass (no layers while empty).
+    pub fn context(&self) -> ContextKv {
+        ContextKv {
+            layers: self.layers.iter().flatten().cloned().collect(),
+        }
+    }
 }
 
 /// What [`Transformer::forward_full`] should keep as context K/V: every position except the
@@ -450,7 +480,8 @@ impl Transformer {
         ))?)
     }
 
-    /// Bidirectional pass over the whole sequence `ids` (B, L) at `positions` (L). Returns the
+    /// Pass over the whole sequence `ids` (B, L) at `positions` (L), bidirectional unless `bias`
+    /// masks it. Returns the
     /// final normalised hidden states (B, L, d) and, if `keep` is given, the keys/values of every
     /// position outside the active window (the infill context).
     pub fn forward_full(
@@ -495,7 +526,8 @@ impl Transformer {
     }
 
     /// Only the active tokens `ids` (B, n) at `positions` (n): they attend to the cached context
-    /// and to each other. Context keys/values are not updated (approximate, refreshed by the caller).
+    /// and to each other. Context keys/values are not updated: approximate when the context
+    /// attends to the span (bidirectional layout, refreshed by the caller), exact when it is causal.
     pub fn forward_span(&self, ids: &Tensor, positions: &[u32], ctx: &ContextKv) -> Result<Tensor> {
         Ok(self.forward_span_kv(ids, positions, ctx, false)?.0)
     }
@@ -532,7 +564,9 @@ impl Transformer {
         ))
     }
 
-    /// Causal decoding step(s) for the autoregressive baseline: `ids` (1, L) continue the cache.
+    /// Causal pass of `ids` (1, L) continuing the cache (positions `cache.len..`): the hidden
+    /// states (1, L, d) of the new tokens. The `spm_block` infill context, and decoding steps
+    /// of the autoregressive baseline.
     pub fn forward_causal(&self, ids: &Tensor, cache: &mut CausalCache) -> Result<Tensor> {
         let exec = Exec::Infer;
         let (_, l) = ids.dims2()?;

@@ -101,14 +101,15 @@ pub fn complete(
     if let Some(n) = req.span_len {
         plan.span_len = n.max(1);
     }
-    // The model has a trained length (RoPE does not extrapolate far past it): span and context
-    // share it.
+    // The model has a trained length (RoPE does not extrapolate far past it): span, context and
+    // the layout's sentinel tokens share it.
     let max_positions = lm.config().max_position_embeddings;
     plan.span_len = plan.span_len.min(max_positions / 2).max(1);
+    let sentinels = lm.config().infill_layout.sentinel_tokens();
     let budget = req
         .settings
         .context_tokens
-        .min(max_positions - plan.span_len);
+        .min(max_positions.saturating_sub(plan.span_len + sentinels));
     let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify {
@@ -232,5 +233,21 @@ mod tests {
         let typed = format!("{text}f");
         complete_at(&lm, &typed, typed.len(), &mut cache);
         assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+
+    /// An `spm_block` model's context holds two sentinels besides prefix and suffix; the
+    /// windows leave room for them within the model's positions.
+    #[test]
+    fn spm_block_windows_leave_room_for_the_sentinels() {
+        let lm = fixture("trainer-spm");
+        let max = lm.config().max_position_embeddings;
+        let line = "    let value = compute(value, 42);\n";
+        let mut cache = ContextCache::default();
+        for lines in 1..12 {
+            let half = line.repeat(lines);
+            let text = format!("fn main() {{\n{half}\n{half}}}\n");
+            let answer = complete_at(&lm, &text, text.len() / 2, &mut cache);
+            assert!(answer.stats.context_tokens + answer.stats.span_len <= max);
+        }
     }
 }
