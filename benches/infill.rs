@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use model::config::Config;
 use model::sampler::{generate_autoregressive, infill};
 use model::tokenizer::Tokenizer;
-use model::transformer::{parameter_shapes, ActiveWindow, Exec, Transformer};
+use model::transformer::{parameter_shapes, ActiveWindow, Transformer};
 use model::weights::TensorStore;
 use model::{InfillRequest, NoHook, SamplerParams};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -122,11 +122,7 @@ fn bench(c: &mut Criterion) {
         // Elements = FLOPs, so the report reads as FLOP/s against the matmul peak.
         g.throughput(Throughput::Elements(forward_flops(model.config(), CONTEXT)));
         g.bench_function(BenchmarkId::from_parameter(name), |bch| {
-            bch.iter(|| {
-                model
-                    .forward_full(&ids, &pos, None, None, Exec::Infer)
-                    .unwrap()
-            })
+            bch.iter(|| model.forward_full(&ids, &pos, None, None).unwrap())
         });
     }
     g.finish();
@@ -147,9 +143,7 @@ fn bench(c: &mut Criterion) {
             start: p,
             len: SPAN,
         };
-        let (_, ctx) = model
-            .forward_full(&ids, &pos, None, Some(window), Exec::Infer)
-            .unwrap();
+        let (_, ctx) = model.forward_full(&ids, &pos, None, Some(window)).unwrap();
         let ctx = ctx.unwrap();
         let span = Tensor::new(&seq[p..p + SPAN], &dev)
             .unwrap()

@@ -15,7 +15,7 @@ use crate::config::{InfillLayout, LogitsConvention};
 use crate::error::{ModelError, Result};
 use crate::sampler::{InfillRequest, InfillStats};
 use crate::tokenizer::{FimTokens, Tokenizer};
-use crate::transformer::{ActiveWindow, CausalCache, ContextKv, Exec, KvBlock, Transformer};
+use crate::transformer::{ActiveWindow, CausalCache, ContextKv, KvBlock, Transformer};
 
 /// Where the sampler gets the span's logits from, step after step.
 pub(crate) trait SpanLogits {
@@ -183,8 +183,7 @@ impl SpanLogits for Bidirectional<'_> {
             }
             let ids = Tensor::from_vec(ids, (batch.len(), total), device)?;
             let positions: Vec<u32> = (0..total as u32).collect();
-            let (h, kv) =
-                model.forward_full(&ids, &positions, None, Some(self.window), Exec::Infer)?;
+            let (h, kv) = model.forward_full(&ids, &positions, None, Some(self.window))?;
             let owners = if identical {
                 CtxRows::Shared
             } else {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use model::layout::SpmBlock;
-use model::transformer::{ActiveWindow, CausalCache, Exec};
+use model::transformer::{ActiveWindow, CausalCache};
 use model::{ContextCache, DiffusionLm, ModelError};
 
 fn fixture(name: &str) -> PathBuf {
@@ -240,7 +240,7 @@ fn cached_span_pass_matches_full_pass() {
             .unsqueeze(0)
             .unwrap();
         let (full, ctx) = m
-            .forward_full(&ids, &positions, None, Some(window), Exec::Infer)
+            .forward_full(&ids, &positions, None, Some(window))
             .unwrap();
         let ctx = ctx.unwrap();
         assert_eq!(ctx.len(), 21);
@@ -334,13 +334,7 @@ fn shifted_keys_equal_keys_computed_at_the_new_positions() {
         let at = |start: u32| {
             let pos: Vec<u32> = (start..start + 12).collect();
             let (_, empty) = m
-                .forward_full(
-                    &ids,
-                    &pos,
-                    None,
-                    Some(ActiveWindow { start: 0, len: 12 }),
-                    Exec::Infer,
-                )
+                .forward_full(&ids, &pos, None, Some(ActiveWindow { start: 0, len: 12 }))
                 .unwrap();
             m.forward_span_kv(&ids, &pos, &empty.unwrap(), true)
                 .unwrap()
