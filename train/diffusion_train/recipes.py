@@ -5,8 +5,9 @@ mix of objectives (names of `data.Builder` methods, with their options). The lea
 warm-up, then constant, then (if the recipe says so) a linear decay to 10% over the last
 `decay` share of its tokens (warmup-stable-decay: a constant run can branch and decay anywhere).
 
-The recipe A/B of MODEL.md gives each recipe the same token budget. `trunk` is the shared
-autoregressive start of the AR-first recipes; they branch from its checkpoint.
+The recipe A/B of MODEL.md gives each recipe the same token budget (2.5M: what the 2-core machine
+could do in one session beside the builds). `trunk` is the shared autoregressive start of the
+AR-first recipes; they branch from its checkpoint.
 """
 from __future__ import annotations
 
@@ -47,20 +48,21 @@ class Recipe:
         return self.phases[-1]
 
 
-TRUNK = Phase(4 * M, {"ar": 0.5, "spm_fim": 0.5})
+TRUNK = Phase(2 * M, {"ar": 0.5, "spm_fim": 0.5})
+ADAPT = M // 2
 MDLM_MIX = {"mdlm_window": 0.65, "psm_block": 0.35}
 BLOCK_MIX = {"spm_block": 0.7, "spm_fim": 0.15, "ar": 0.15}
 
 RECIPES = {r.name: r for r in [
-    Recipe("mdlm", "psm", (Phase(5 * M, MDLM_MIX),), decay=0.1,
+    Recipe("mdlm", "psm", (Phase(TRUNK.tokens + ADAPT, MDLM_MIX),), decay=0.1,
            notes="(a) masked diffusion with shifted logits from scratch, Dream layout"),
     Recipe("trunk", "spm", (TRUNK,),
            notes="shared start of (b) and (c): autoregressive, half the samples FIM in SPM order"),
-    Recipe("ar_then_mdlm", "psm", (TRUNK, Phase(1 * M, MDLM_MIX)), decay=0.1,
+    Recipe("ar_then_mdlm", "psm", (TRUNK, Phase(ADAPT, MDLM_MIX)), decay=0.1,
            notes="(b) AR first, then bidirectional masked diffusion (Dream / DiffuCoder adaptation)"),
-    Recipe("ar_then_block", "spm", (TRUNK, Phase(1 * M, BLOCK_MIX)), decay=0.1,
+    Recipe("ar_then_block", "spm", (TRUNK, Phase(ADAPT, BLOCK_MIX)), decay=0.1,
            notes="(c) AR-FIM first, then block diffusion over the middle, the context causal"),
-    Recipe("ar_then_block_only", "spm", (TRUNK, Phase(1 * M, {"spm_block": 1.0}, ar_weight=0.0)), decay=0.1,
+    Recipe("ar_then_block_only", "spm", (TRUNK, Phase(ADAPT, {"spm_block": 1.0}, ar_weight=0.0)), decay=0.1,
            notes="(d) as (c), but the adaptation drops every autoregressive loss: the middle's denoising alone"),
     Recipe("block_joint", "spm", (Phase(5 * M, {"spm_block": 0.5, "spm_fim": 0.25, "ar": 0.25}),),
            decay=0.1, notes="block diffusion and AR-FIM together from scratch (not in the A/B: its budget went to the long run)"),
