@@ -87,3 +87,36 @@ def export(model: DiffusionLM, out: str | Path, tokenizer: str | Path, layout: s
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return paths
+
+
+def main(argv=None):
+    """python -m diffusion_train.export RUN_DIR OUT_DIR [--max-positions N]: a run's checkpoint as an engine folder."""
+    import argparse
+
+    from .model import ModelConfig
+    from .recipes import RECIPES
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("run")
+    ap.add_argument("out")
+    ap.add_argument("--tokenizer", default=None, help="default: the run's")
+    ap.add_argument("--max-positions", type=int, default=None, help="default: the run's sequence length")
+    ap.add_argument("--shard-mb", type=float, default=0)
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    ck = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
+    run_args = json.loads((run / "args.json").read_text())
+    model = DiffusionLM(ModelConfig(**ck["config"]))
+    model.load_state_dict(ck["model"])
+    recipe = RECIPES[run_args["recipe"]]
+    tokenizer = args.tokenizer or str((run / run_args["tokenizer"]) if not Path(run_args["tokenizer"]).is_absolute()
+                                      else run_args["tokenizer"])
+    files = export(model, args.out, tokenizer, recipe.layout, shard_mb=args.shard_mb,
+                   max_positions=args.max_positions or run_args["seq_len"],
+                   extra={"training": {"tokens": ck["state"]["tokens"], "recipe": recipe.name,
+                                       "seq_len": run_args["seq_len"]}})
+    print(f"exported {args.out}: {', '.join(f.name for f in files)} ({ck['state']['tokens']:,} tokens)")
+
+
+if __name__ == "__main__":
+    main()
