@@ -154,6 +154,47 @@ def window(tok, prefix: str, suffix: str, budget: int):
     return p[len(p) - p_take:], s[:s_take]
 
 
+@torch.no_grad()
+def heldback_middle_nll(model, layout: Layout, tok, texts, n=200, positions=256, seed=0):
+    """Nats per middle token on held-back files, comparable across layouts: the same middles
+    (request-shaped, from a fixed seed), the same context windows, the block exactly the middle
+    plus its end token, half of it masked (the same positions for every layout), only masked
+    positions scored."""
+    import random
+
+    from .data import Builder
+
+    rng = random.Random(seed)
+    builder = Builder(tok, positions, rng)
+    total, count = 0.0, 0
+    for i in range(n):
+        text = texts[rng.randrange(len(texts))]
+        if len(text) < 200:
+            continue
+        prefix, middle, suffix = builder.split(text)
+        block = middle + [EOS]
+        budget = positions - len(block) - 2
+        ns = min(len(suffix), budget // 4)
+        np_ = min(len(prefix), budget - ns)
+        p, s = prefix[len(prefix) - np_:], suffix[:ns]
+        masked = [rng.random() < 0.5 for _ in block]
+        if not p:  # nothing left of the middle predicts its first token in the Dream layout
+            continue
+        masked[0] = True
+        ids, attn, start = layout.build(p, s, len(block))
+        x = torch.tensor([ids])
+        for j, (t, m) in enumerate(zip(block, masked)):
+            if not m:
+                x[0, start + j] = t
+        logits = model(x, attn[None] if attn is not None else None)[0].float()
+        lp = logits[start - 1:start - 1 + len(block)].log_softmax(-1)
+        for j, (t, m) in enumerate(zip(block, masked)):
+            if m:
+                total -= float(lp[j, t])
+                count += 1
+    return total / max(1, count)
+
+
 def load_run(run: Path) -> tuple[DiffusionLM, dict]:
     ck = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
     m = DiffusionLM(ModelConfig(**ck["config"]))
@@ -204,6 +245,7 @@ def main(argv=None):
     ap.add_argument("--positions", type=int, default=256, help="context + span positions")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--val", default=str(REPO / "corpus/val.jsonl"), help="held-back files for the middle NLL ('' to skip)")
     ap.add_argument("--out", help="append the result as one JSON line here")
     ap.add_argument("--completions", help="write every completion here (jsonl)")
     args = ap.parse_args(argv)
@@ -218,6 +260,10 @@ def main(argv=None):
     table, rows = evaluate(model, layout, tok, cases, args.steps, args.positions, args.limit)
     result = {"run": str(run), "recipe": recipe_name, "layout": layout.name, "tokens": state["tokens"],
               "step": state["step"], "steps": args.steps, "table": table}
+    if args.val and Path(args.val).exists():
+        from .data import read_corpus
+        result["heldback_middle_nll"] = heldback_middle_nll(model, layout, tok, read_corpus(args.val))
+        print(f"held-back middle NLL (half masked): {result['heldback_middle_nll']:.3f} nats/token", file=sys.stderr)
     print(json.dumps(result))
     for kind, k in table.items():
         print(f"{kind:6} n={k['n']:3} EM {100 * k['em']:5.1f}%  ES {100 * k['es']:5.1f}%  empty {100 * k['empty']:5.1f}%  "
