@@ -176,6 +176,7 @@ fn bench(c: &mut Criterion) {
                     cache_refresh: refresh,
                     ..Default::default()
                 },
+                healing: None,
             };
             g.bench_function(BenchmarkId::new(format!("diffusion_{mode}"), name), |bch| {
                 bch.iter(|| infill(model, &tok, &req, &mut NoHook).unwrap())

@@ -100,6 +100,11 @@ pub struct InfillRequest {
     /// Masked positions to fill (over-allocated; the model ends early with the end token).
     pub span_len: usize,
     pub params: SamplerParams,
+    /// Token healing: the text of the prefix's last token, which the caller took off the prefix
+    /// (a cursor mid-pretoken, e.g. after `= ` or `(`, is a boundary the model rarely saw). The
+    /// first span token must start with this text; the completion and the hook's view have it
+    /// removed again, so they stay relative to the original cursor.
+    pub healing: Option<String>,
 }
 
 /// What a hook sees of one candidate after a step.
@@ -373,6 +378,39 @@ fn decode_view(
     Ok((text, ranges))
 }
 
+/// Which tokens may stand at span position 0 under healing text `h`: those whose text starts
+/// with it, never a special token (the end of infill included).
+fn healing_allowed(tok: &Tokenizer, h: &str, vocab: usize) -> Result<Vec<bool>> {
+    let texts = tok.token_texts();
+    let allowed: Vec<bool> = (0..vocab)
+        .map(|i| texts.get(i).is_some_and(|t| t.starts_with(h)) && !tok.is_special(i as u32))
+        .collect();
+    if !allowed.contains(&true) {
+        return Err(ModelError::Request(format!(
+            "healing text {h:?} starts no token"
+        )));
+    }
+    Ok(allowed)
+}
+
+/// The hook's view without the healed text: position 0 (when committed) starts with it.
+fn unheal_view(
+    healed: Option<&str>,
+    first_committed: bool,
+    text: String,
+    mut ranges: Vec<Range<usize>>,
+) -> (String, Vec<Range<usize>>) {
+    let Some(h) = healed.filter(|h| first_committed && text.starts_with(*h)) else {
+        return (text, ranges);
+    };
+    let cut = h.len();
+    for r in &mut ranges {
+        r.start = r.start.saturating_sub(cut);
+        r.end = r.end.saturating_sub(cut);
+    }
+    (text[cut..].to_owned(), ranges)
+}
+
 pub fn infill(
     model: &Transformer,
     tok: &Tokenizer,
@@ -444,6 +482,10 @@ pub fn infill_cached(
     let started = Instant::now();
     let mut layout = layout::for_request(model, tok, req, cache.as_deref_mut(), &mut stats)?;
     let max_steps = steps + params.max_extra_steps;
+    let healed = req.healing.as_deref().filter(|h| !h.is_empty());
+    let first_allowed = healed
+        .map(|h| healing_allowed(tok, h, cfg.vocab_size))
+        .transpose()?;
 
     for step in 0..max_steps {
         if hook.cancelled() {
@@ -464,7 +506,16 @@ pub fn infill_cached(
             })
             .collect();
         let logits = layout.step(model, step, &run, &spans, &mut stats)?;
-        let logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
+        let mut logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
+        if let Some(allowed) = &first_allowed {
+            for rows in &mut logits {
+                for (x, &ok) in rows[0].iter_mut().zip(allowed) {
+                    if !ok {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         stats.forward_passes += 1;
         if step == 0 {
             // The context pass (or its reuse) and the first prediction.
@@ -570,6 +621,7 @@ pub fn infill_cached(
             let cand = &mut cands[c];
             let end = cand.end(special.end);
             let (text, ranges) = decode_view(tok, &cand.tokens, end)?;
+            let (text, ranges) = unheal_view(healed, cand.tokens[0].is_some(), text, ranges);
             let is_final = cand.masked_before_end(special.end).is_empty();
             let view = StepView {
                 step,
@@ -627,6 +679,10 @@ pub fn infill_cached(
         let scored = (limit + usize::from(end.is_some())).min(n);
         let mean_logprob = cand.logp[..scored].iter().sum::<f32>() / scored.max(1) as f32;
         let text = tok.decode(&tokens)?;
+        let text = match healed {
+            Some(h) => text.strip_prefix(h).map(str::to_owned).unwrap_or(text),
+            None => text,
+        };
         if completions.iter().any(|o| o.text == text) {
             continue;
         }

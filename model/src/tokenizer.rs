@@ -2,6 +2,7 @@
 //! SPM sentinels).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::config::{Config, InfillLayout};
 use crate::error::{ModelError, Result};
@@ -37,6 +38,10 @@ const END_NAMES: &[&str] = &[
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub special: SpecialTokens,
+    /// Each id's decoded text, built on first use (token healing).
+    texts: OnceLock<Vec<String>>,
+    /// Added tokens marked special, sorted.
+    added_special: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -108,9 +113,18 @@ impl Tokenizer {
                 });
             }
         }
+        let mut added_special: Vec<u32> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        added_special.sort_unstable();
         Ok(Self {
             inner,
             special: SpecialTokens { mask, end, fim },
+            texts: OnceLock::new(),
+            added_special,
         })
     }
 
@@ -126,6 +140,24 @@ impl Tokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| ModelError::Request(format!("detokenizing failed: {e}")))
+    }
+
+    /// The decoded text of every id, in id order (computed once).
+    pub fn token_texts(&self) -> &[String] {
+        self.texts.get_or_init(|| {
+            (0..self.vocab_size() as u32)
+                .map(|id| self.inner.decode(&[id], false).unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// A special token: mask, end of infill, a FIM sentinel, or an added token marked special.
+    pub fn is_special(&self, id: u32) -> bool {
+        let s = self.special;
+        id == s.mask
+            || id == s.end
+            || s.fim.is_some_and(|f| id == f.prefix || id == f.suffix)
+            || self.added_special.binary_search(&id).is_ok()
     }
 
     pub fn vocab_size(&self) -> usize {

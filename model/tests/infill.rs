@@ -18,6 +18,7 @@ fn request(lm: &DiffusionLm, span_len: usize, params: SamplerParams) -> InfillRe
         suffix: lm.encode("\n}\n").unwrap(),
         span_len,
         params,
+        healing: None,
     }
 }
 
@@ -246,6 +247,7 @@ fn context_cache_reuses_keys_across_requests() {
         suffix: vec![],
         span_len: 4,
         params,
+        healing: None,
     };
     let rebuilt = lm
         .infill_with_cache(&other, &mut NoHook, &mut cache)
@@ -400,4 +402,80 @@ fn spm_block_infill_runs_and_a_cached_request_equals_a_fresh_one() {
         assert_eq!(tokens(&cached), tokens(&fresh), "{edit}");
     }
     assert_eq!((cache.reused, cache.rebuilt), (2, 1));
+}
+
+/// Records each view's position-0 token and text.
+#[derive(Default)]
+struct FirstToken {
+    views: Vec<(Option<u32>, String, Vec<std::ops::Range<usize>>)>,
+}
+
+impl StepHook for FirstToken {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        for r in v.token_ranges {
+            assert!(r.start <= r.end && r.end <= v.text.len());
+        }
+        self.views
+            .push((v.tokens[0], v.text.to_string(), v.token_ranges.to_vec()));
+        Verdict::Keep
+    }
+}
+
+/// Token healing on both layouts: the prefix's last token is backed off, the first committed
+/// token starts with its text, and the completion and the hook's text come without it; with no
+/// healing text (or an empty one) nothing changes.
+#[test]
+fn healing_constrains_the_first_token_and_strips_its_text() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for name in ["trainer-spm", "qwen2-gqa-untied"] {
+        let lm = DiffusionLm::load_dir(&dir.join(name)).unwrap();
+        let tok = lm.tokenizer();
+        let mut prefix = lm.encode("fn main() {\n    let x = foo(").unwrap();
+        let last = prefix.pop().unwrap();
+        let healed = tok.token_texts()[last as usize].clone();
+        assert!(!healed.is_empty(), "{name}");
+        let params = SamplerParams {
+            steps: 4,
+            candidates: 2,
+            ..Default::default()
+        };
+        let req = |healing: Option<String>| InfillRequest {
+            prefix: prefix.clone(),
+            suffix: lm.encode(");\n}\n").unwrap(),
+            span_len: 8,
+            params: params.clone(),
+            healing,
+        };
+        let mut hook = FirstToken::default();
+        let out = lm.infill(&req(Some(healed.clone())), &mut hook).unwrap();
+        assert!(!out.completions.is_empty(), "{name}");
+        for c in &out.completions {
+            let first = &tok.token_texts()[c.tokens[0] as usize];
+            assert!(first.starts_with(&healed), "{name}: {first:?}");
+            assert!(!tok.is_special(c.tokens[0]));
+            assert_eq!(lm.decode(&c.tokens).unwrap(), format!("{healed}{}", c.text));
+        }
+        let committed: Vec<_> = hook.views.iter().filter(|v| v.0.is_some()).collect();
+        assert!(!committed.is_empty());
+        for (t, text, ranges) in committed {
+            let first = &tok.token_texts()[t.unwrap() as usize];
+            assert!(first.starts_with(&healed));
+            assert_eq!(
+                ranges[0].len(),
+                first.len() - healed.len(),
+                "{name}: {text:?}"
+            );
+        }
+        // No healing: unconstrained, and an empty healing text is the same request.
+        let plain = lm.infill(&req(None), &mut NoHook).unwrap();
+        let empty = lm.infill(&req(Some(String::new())), &mut NoHook).unwrap();
+        let texts = |o: &model::InfillOutput| -> Vec<(String, Vec<u32>)> {
+            o.completions
+                .iter()
+                .map(|c| (c.text.clone(), c.tokens.clone()))
+                .collect()
+        };
+        assert_eq!(texts(&plain), texts(&empty), "{name}");
+        assert!(!plain.completions.is_empty());
+    }
 }

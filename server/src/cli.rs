@@ -72,6 +72,7 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
         target: Target::Cursor(at),
         settings,
         span_len: None,
+        heal: true,
         cancel: CancelToken::default(),
     };
     let answer = complete::complete(&lm, &req, None)?;

@@ -19,6 +19,8 @@ pub struct Request {
     pub settings: Settings,
     /// Eval's `--oracle-length`: use this span length instead of the syntax-sized one.
     pub span_len: Option<usize>,
+    /// Token healing (eval's `--no-heal` turns it off): see [`heal`].
+    pub heal: bool,
     pub cancel: CancelToken,
 }
 
@@ -105,12 +107,23 @@ pub fn complete(
     // the layout's sentinel tokens share it.
     let max_positions = lm.config().max_position_embeddings;
     plan.span_len = plan.span_len.min(max_positions / 2).max(1);
+    // Healing regenerates the backed-off token: one span position more.
+    let heal = req.heal && plan.kind != SpanKind::Function;
+    let span_len = plan.span_len + usize::from(heal);
     let sentinels = lm.config().infill_layout.sentinel_tokens();
     let budget = req
         .settings
         .context_tokens
-        .min(max_positions.saturating_sub(plan.span_len + sentinels));
-    let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
+        .min(max_positions.saturating_sub(span_len + sentinels));
+    let mut window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
+    let healing = if heal {
+        self::heal(lm, snap, plan.replace.start, &mut window)
+    } else {
+        None
+    };
+    if healing.is_some() {
+        plan.span_len = span_len;
+    }
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify {
         Site::new(snap, plan.replace.clone())
@@ -121,6 +134,7 @@ pub fn complete(
         prefix: window.prefix,
         suffix: window.suffix,
         span_len: plan.span_len,
+        healing,
         params: SamplerParams {
             min_tokens: plan.min_tokens.min(plan.span_len),
             // Off for function rewrites: with it, `:DiffusionRewrite` in the Neovim test got no
@@ -190,6 +204,39 @@ pub fn complete(
     })
 }
 
+/// Token healing: the cursor often stands mid-pretoken (after `= `, `(` or a line's
+/// indentation), a token boundary the model has rarely seen. The prefix's last token is taken
+/// off and its text returned; the sampler's first token must start with it, and the completion
+/// comes back without it. Nothing is backed off when the prefix is empty, ends in a special
+/// token or in indentation, or its last token is not whole text ending at the cursor.
+pub fn heal(
+    lm: &DiffusionLm,
+    snap: &Snapshot,
+    cursor: usize,
+    window: &mut context::Window,
+) -> Option<String> {
+    let tok = lm.tokenizer();
+    let &last = window.prefix.last()?;
+    if tok.is_special(last) {
+        return None;
+    }
+    let text = tok.token_texts().get(last as usize)?;
+    let at_cursor = cursor
+        .checked_sub(text.len())
+        .and_then(|from| snap.rope.get_byte_slice(from..cursor))
+        .is_some_and(|s| s == text.as_str());
+    // A run of indentation is healed by no single token: natural text splits it as `\n   `
+    // + ` let`, and every token that starts with the whole run is more whitespace, so the
+    // constraint only left the model more indentation or an empty line (33% empty `line`
+    // answers in the dev eval). A lone space heals well (` W`, ` let`).
+    let indentation = text.len() > 1 && text.chars().all(char::is_whitespace);
+    if text.is_empty() || indentation || !at_cursor {
+        return None;
+    }
+    window.prefix.pop();
+    Some(text.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +263,7 @@ mod tests {
             target: Target::Cursor(cursor),
             settings: Settings::default(),
             span_len: None,
+            heal: true,
             cancel: CancelToken::default(),
         };
         complete(lm, &req, Some(cache)).unwrap()
@@ -233,6 +281,52 @@ mod tests {
         let typed = format!("{text}f");
         complete_at(&lm, &typed, typed.len(), &mut cache);
         assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+
+    /// Healing backs off exactly the prefix's last token, whose text ends at the cursor, and
+    /// nothing when the prefix is empty; the answer still inserts at the cursor, its span one
+    /// token longer for the regenerated token.
+    #[test]
+    fn healing_backs_off_one_token_and_answers_at_the_cursor() {
+        let lm = fixture("trainer-spm");
+        let text = "fn main() {\n    let x = foo(\n}\n";
+        let cursor = text.find("foo(").unwrap() + 4;
+        let snap = Snapshot::from_text(
+            "file:///main.rs",
+            crate::language::by_language_id("rust"),
+            text,
+        );
+        let full = context::window(&snap.rope, &(cursor..cursor), 48, &|s| lm.encode(s)).unwrap();
+        let mut window = full.clone();
+        let healed = heal(&lm, &snap, cursor, &mut window).unwrap();
+        assert_eq!(window.prefix, full.prefix[..full.prefix.len() - 1]);
+        assert_eq!(window.suffix, full.suffix);
+        assert_eq!(
+            lm.decode(&full.prefix[full.prefix.len() - 1..]).unwrap(),
+            healed
+        );
+        assert!(text[..cursor].ends_with(&healed));
+        let mut empty = context::Window::default();
+        assert_eq!(heal(&lm, &snap, 0, &mut empty), None);
+
+        let answer = |heal: bool| {
+            let req = Request {
+                snapshot: snap.clone(),
+                target: Target::Cursor(cursor),
+                settings: Settings {
+                    verify: false,
+                    ..Settings::default()
+                },
+                span_len: None,
+                heal,
+                cancel: CancelToken::default(),
+            };
+            complete(&lm, &req, None).unwrap()
+        };
+        let (on, off) = (answer(true), answer(false));
+        assert_eq!(on.replace, cursor..cursor);
+        assert_eq!(on.replace, off.replace);
+        assert_eq!(on.stats.span_len, off.stats.span_len + 1);
     }
 
     /// An `spm_block` model's context holds two sentinels besides prefix and suffix; the

@@ -37,6 +37,9 @@ pub struct EvalArgs {
     /// Let end tokens be committed anywhere by confidence (the sampler's rule off).
     #[arg(long)]
     pub free_ends: bool,
+    /// Complete at the cursor as tokenized: no token healing.
+    #[arg(long)]
+    pub no_heal: bool,
     /// Commit only among the first N masked positions per step (0 = anywhere).
     #[arg(long)]
     pub commit_window: Option<usize>,
@@ -230,6 +233,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             target: Target::Cursor(at),
             settings: settings.clone(),
             span_len,
+            heal: !args.no_heal,
             cancel: CancelToken::default(),
         };
         let t = Instant::now();

@@ -263,6 +263,7 @@ impl Backend {
             target: Target::Cursor(byte),
             settings,
             span_len: None,
+            heal: true,
             cancel: token.clone(),
         };
         let answer = match self.run_model(req, token.clone()).await? {
@@ -457,6 +458,7 @@ impl Backend {
             target,
             settings,
             span_len: None,
+            heal: true,
             cancel: token.clone(),
         };
         let Some(answer) = self.run_model(req, token).await? else {
