@@ -531,14 +531,17 @@ fn arg<T: serde::de::DeserializeOwned>(params: &ExecuteCommandParams) -> Result<
 
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
-        let utf8 = params
+        let offered = params
             .capabilities
             .general
             .as_ref()
-            .and_then(|g| g.position_encodings.as_ref())
-            .is_some_and(|e| e.contains(&PositionEncodingKind::UTF8));
-        let encoding = if utf8 {
+            .and_then(|g| g.position_encodings.clone())
+            .unwrap_or_default();
+        // UTF-8 matches the rope's bytes; UTF-32 its chars; UTF-16 is the mandatory fallback.
+        let encoding = if offered.contains(&PositionEncodingKind::UTF8) {
             Encoding::Utf8
+        } else if offered.contains(&PositionEncodingKind::UTF32) {
+            Encoding::Utf32
         } else {
             Encoding::Utf16
         };
@@ -568,10 +571,10 @@ impl LanguageServer for Backend {
         tracing::info!(?encoding, settings = ?st.settings, source = ?st.source, "initialize");
         Ok(InitializeResult {
             capabilities: ServerCapabilities {
-                position_encoding: Some(if utf8 {
-                    PositionEncodingKind::UTF8
-                } else {
-                    PositionEncodingKind::UTF16
+                position_encoding: Some(match encoding {
+                    Encoding::Utf8 => PositionEncodingKind::UTF8,
+                    Encoding::Utf16 => PositionEncodingKind::UTF16,
+                    Encoding::Utf32 => PositionEncodingKind::UTF32,
                 }),
                 text_document_sync: Some(TextDocumentSyncCapability::Options(
                     TextDocumentSyncOptions {
