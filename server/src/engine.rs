@@ -211,6 +211,10 @@ impl Engine {
             }
             let r =
                 catch_unwind(AssertUnwindSafe(|| f(lm, caches))).map_err(|p| panic_message(&*p));
+            if r.is_err() {
+                // The job may have left a cache half-updated; the next request starts afresh.
+                *caches = Caches::default();
+            }
             let _ = reply.send(r);
         });
         match self.tx.try_send(Msg::Run(job)) {

@@ -321,9 +321,13 @@ impl Backend {
                 Ok(None)
             }
             Err(EngineError::Cancelled) => Ok(None),
+            // The worker survived (and dropped its caches); this request gets the error, the
+            // next one a fresh start.
             Err(e @ EngineError::Panicked(_)) => {
                 tracing::error!("{e}");
-                Ok(None)
+                let mut err = Error::internal_error();
+                err.message = format!("{e}").into();
+                Err(err)
             }
             Err(e) => {
                 tracing::debug!("no completion: {e}");
