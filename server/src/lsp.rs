@@ -857,6 +857,13 @@ where
         let method = req.method().to_string();
         let fut = self.0.call(req);
         Box::pin(std::panic::AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
+            // tower-lsp drops every `$/` message it has no handler for, requests included;
+            // LSP asks for MethodNotFound when such a message carries an id.
+            Ok(Ok(None)) if method.starts_with("$/") && id.is_some() => {
+                let mut e = Error::method_not_found();
+                e.message = format!("method not found: {method}").into();
+                Ok(id.map(|id| tower_lsp_server::jsonrpc::Response::from_error(id, e)))
+            }
             Ok(r) => r,
             Err(p) => {
                 tracing::error!(%method, "handler panicked: {}", crate::engine::panic_message(&*p));
