@@ -12,13 +12,17 @@
 //! its synchronous prefix, under a `std::sync::Mutex` that is never held across an `.await`, so
 //! edits apply strictly in arrival order and a request sees exactly the edits sent before it.
 //!
+//! Syntax: edits only change the rope and edit the old tree; reparses run on blocking threads
+//! ([`spawn_parses`]), and only a request that needs the tree of its exact text waits for one
+//! ([`Backend::current_tree`]), so one slow parse holds up no other request.
+//!
 //! Cancellation: a newer completion request for a document, any edit to it, and
 //! `$/cancelRequest` (which makes tower-lsp drop the handler's future) all set the request's
 //! [`CancelToken`], which the model checks between refinement steps.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -30,7 +34,7 @@ use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 use crate::complete::{self, Answer};
 use crate::config::Settings;
 use crate::context::{is_closing, Target};
-use crate::document::{Document, Snapshot, TextChange};
+use crate::document::{Document, ParseJob, Snapshot, SyntaxState, TextChange};
 use crate::engine::{CancelToken, Engine, EngineError, ModelSource, ModelStatus};
 use crate::position::{self, Encoding, LineCol};
 use crate::reuse::LastAnswer;
@@ -59,7 +63,9 @@ struct State {
 
 pub struct Backend {
     client: Client,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// Bumped after every parse result and every edit: wakes requests waiting for a tree.
+    syntax_changed: Arc<tokio::sync::watch::Sender<u64>>,
     engine: Engine,
     /// `--model` on the command line; wins over `initializationOptions.model`.
     cli_model: Option<PathBuf>,
@@ -109,7 +115,8 @@ impl Backend {
     pub fn new(client: Client, cli_model: Option<PathBuf>) -> Backend {
         Backend {
             client,
-            state: Mutex::new(State {
+            syntax_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            state: Arc::new(Mutex::new(State {
                 docs: HashMap::new(),
                 encoding: Encoding::Utf16,
                 settings: Settings::default(),
@@ -118,7 +125,7 @@ impl Backend {
                 work_done_progress: false,
                 document_changes: false,
                 source: ModelSource::Default,
-            }),
+            })),
             engine: Engine::start(),
             cli_model,
         }
@@ -127,7 +134,48 @@ impl Backend {
     /// The state lock. A panic while holding it must not wedge the server, so poisoning is
     /// ignored (every mutation leaves the state consistent at each statement).
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
+    }
+
+    /// Starts the reparse `key` needs, if any (call under the state lock, after an edit).
+    fn schedule_parse(&self, st: &mut State, key: &str) {
+        if let Some(job) = st.docs.get_mut(key).and_then(Document::take_parse_job) {
+            spawn_parses(
+                self.state.clone(),
+                self.syntax_changed.clone(),
+                key.to_string(),
+                job,
+            );
+        }
+        self.syntax_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the document's syntax settles for `snap`'s text and puts its tree into the
+    /// snapshot. `false`: the document changed or closed meanwhile (the request is stale).
+    async fn current_tree(&self, snap: &mut Snapshot) -> bool {
+        let mut changed = self.syntax_changed.subscribe();
+        loop {
+            {
+                let st = self.state();
+                let Some(doc) = st.docs.get(&snap.uri) else {
+                    return false;
+                };
+                if doc.generation != snap.generation {
+                    return false;
+                }
+                match doc.syntax() {
+                    SyntaxState::Ready => {
+                        snap.tree = doc.snapshot(&snap.uri).tree;
+                        return true;
+                    }
+                    SyntaxState::Off(_) => return true,
+                    SyntaxState::Pending => {}
+                }
+            }
+            if changed.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     fn start_loading(&self, source: ModelSource, work_done_progress: bool) {
@@ -255,7 +303,8 @@ impl Backend {
         };
         let _guard = CancelOnDrop(token.clone());
         tokio::time::sleep(Duration::from_millis(settings.debounce_ms)).await;
-        if token.is_cancelled() {
+        let mut snap = snap;
+        if token.is_cancelled() || !self.current_tree(&mut snap).await || token.is_cancelled() {
             return Ok(None);
         }
         let req = complete::Request {
@@ -275,7 +324,8 @@ impl Backend {
             st.inflight.remove(key);
         }
         // A result computed for an older version of the document is of no use.
-        if st.docs.get(key).map(|d| d.version) != Some(snap.version) || token.is_cancelled() {
+        if st.docs.get(key).map(|d| d.generation) != Some(snap.generation) || token.is_cancelled()
+        {
             return Ok(None);
         }
         if !answer.items.is_empty() {
@@ -399,16 +449,33 @@ impl Backend {
         })
     }
 
-    /// Test/debug: the server's copy of a document.
-    pub async fn debug_document(&self, params: TextDocumentIdentifier) -> Result<Value> {
-        let st = self.state();
-        let doc = st
-            .docs
-            .get(params.uri.as_str())
-            .ok_or_else(|| invalid("unknown document"))?;
-        Ok(
-            json!({ "version": doc.version, "text": doc.rope.to_string(), "languageId": doc.language_id }),
-        )
+    /// Test/debug: the server's copy of a document and where its syntax tree stands
+    /// (`waitForSyntax`: once no parse is due any more).
+    pub async fn debug_document(&self, params: DebugDocumentParams) -> Result<Value> {
+        let mut changed = self.syntax_changed.subscribe();
+        loop {
+            {
+                let st = self.state();
+                let doc = st
+                    .docs
+                    .get(params.uri.as_str())
+                    .ok_or_else(|| invalid("unknown document"))?;
+                let syntax = match doc.syntax() {
+                    SyntaxState::Ready => "ready".to_string(),
+                    SyntaxState::Pending => "pending".to_string(),
+                    SyntaxState::Off(why) => format!("off: {why}"),
+                };
+                if !(params.wait_for_syntax && doc.syntax() == SyntaxState::Pending) {
+                    return Ok(json!({
+                        "version": doc.version, "text": doc.rope.to_string(),
+                        "languageId": doc.language_id, "syntax": syntax,
+                    }));
+                }
+            }
+            if changed.changed().await.is_err() {
+                return Err(Error::internal_error());
+            }
+        }
     }
 
     /// Test hook: panics inside a handler when `DIFFUSION_LS_TEST_PANIC` is set, so the tests can
@@ -439,7 +506,7 @@ impl Backend {
         uri: Uri,
         target: impl FnOnce(&ropey::Rope, Encoding) -> Result<Target>,
     ) -> Result<Option<Value>> {
-        let (snap, target, settings, enc, document_changes) = {
+        let (mut snap, target, settings, enc, document_changes) = {
             let st = self.state();
             let doc = st
                 .docs
@@ -456,6 +523,11 @@ impl Backend {
         };
         let token = CancelToken::default();
         let _guard = CancelOnDrop(token.clone());
+        if !self.current_tree(&mut snap).await {
+            return Ok(Some(
+                json!({ "applied": false, "reason": "the document changed" }),
+            ));
+        }
         let req = complete::Request {
             snapshot: snap.clone(),
             target,
@@ -473,7 +545,7 @@ impl Backend {
                 json!({ "applied": false, "reason": "no candidate survived" }),
             ));
         };
-        if self.state().docs.get(uri.as_str()).map(|d| d.version) != Some(snap.version) {
+        if self.state().docs.get(uri.as_str()).map(|d| d.generation) != Some(snap.generation) {
             return Ok(Some(
                 json!({ "applied": false, "reason": "the document changed" }),
             ));
@@ -513,6 +585,14 @@ impl Backend {
         };
         Ok(Some(json!({ "applied": applied })))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugDocumentParams {
+    uri: Uri,
+    #[serde(default)]
+    wait_for_syntax: bool,
 }
 
 #[derive(Deserialize)]
@@ -636,10 +716,18 @@ impl LanguageServer for Backend {
         tracing::debug!(
             uri = d.uri.as_str(),
             bytes = d.text.len(),
-            syntax = doc.tree().is_some(),
+            syntax = ?doc.syntax(),
             "open"
         );
-        self.state().docs.insert(d.uri.as_str().to_string(), doc);
+        let key = d.uri.as_str().to_string();
+        let mut st = self.state();
+        st.docs.insert(key.clone(), doc);
+        // A reopened document's previous answer is of another text.
+        st.last.remove(&key);
+        if let Some(t) = st.inflight.remove(&key) {
+            t.cancel();
+        }
+        self.schedule_parse(&mut st, &key);
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
@@ -668,6 +756,7 @@ impl LanguageServer for Backend {
         if let Some(t) = st.inflight.remove(key) {
             t.cancel();
         }
+        self.schedule_parse(&mut st, key);
     }
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
@@ -678,6 +767,7 @@ impl LanguageServer for Backend {
         if let Some(t) = st.inflight.remove(key) {
             t.cancel();
         }
+        self.syntax_changed.send_modify(|n| *n += 1);
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
@@ -751,14 +841,19 @@ impl LanguageServer for Backend {
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
-        let st = self.state();
         let uri = &params.text_document.uri;
-        let Some(doc) = st.docs.get(uri.as_str()) else {
-            return Ok(None);
-        };
         let r = params.range;
-        let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding)
-            .map_err(invalid)?;
+        let (mut snap, chars) = {
+            let st = self.state();
+            let Some(doc) = st.docs.get(uri.as_str()) else {
+                return Ok(None);
+            };
+            let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding)
+                .map_err(invalid)?;
+            (doc.snapshot(uri.as_str()), chars)
+        };
+        // "Rewrite function" needs the tree of this text (just opened: still being parsed).
+        self.current_tree(&mut snap).await;
         let mut actions = Vec::new();
         if !chars.is_empty() {
             actions.push(CodeActionOrCommand::CodeAction(CodeAction {
@@ -772,8 +867,8 @@ impl LanguageServer for Backend {
                 ..Default::default()
             }));
         }
-        let start = doc.rope.char_to_byte(chars.start);
-        let in_function = match (doc.tree(), doc.grammar()) {
+        let start = snap.rope.char_to_byte(chars.start);
+        let in_function = match (&snap.tree, snap.grammar) {
             (Some(tree), Some(g)) => crate::syntax::function_body(tree, g, start).is_some(),
             _ => false,
         };
@@ -826,9 +921,47 @@ impl LanguageServer for Backend {
     }
 }
 
+/// The state lock. A panic while holding it must not wedge the server, so poisoning is ignored
+/// (every mutation leaves the state consistent at each statement).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `job` and the reparses that edits made meanwhile call for, on a blocking thread, one at
+/// a time per document; installs each result and wakes the requests waiting for one.
+fn spawn_parses(
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    key: String,
+    job: ParseJob,
+) {
+    tokio::task::spawn_blocking(move || {
+        let mut job = Some(job);
+        while let Some(j) = job.take() {
+            let parsed = j.run(crate::syntax::DOCUMENT_PARSE_BUDGET);
+            let elapsed = parsed.elapsed;
+            let mut st = lock(&state);
+            let Some(doc) = st.docs.get_mut(&key) else {
+                break; // closed meanwhile
+            };
+            if doc.finish_parse(parsed) {
+                job = doc.take_parse_job();
+            }
+            let syntax = doc.syntax();
+            drop(st);
+            if let SyntaxState::Off(why) = syntax {
+                tracing::warn!(uri = %key, ms = elapsed.as_millis() as u64, "syntax off: {why}");
+            } else if elapsed > Duration::from_millis(100) {
+                tracing::info!(uri = %key, ms = elapsed.as_millis() as u64, "slow parse");
+            }
+            changed.send_modify(|n| *n += 1);
+        }
+    });
+}
+
 /// Wraps tower-lsp's service so that a panic in any handler becomes an internal-error response
 /// (or, for a notification, a log line) instead of unwinding through the message loop and
-/// taking the server down. The model thread has its own guard (see [`crate::engine`]).
+/// taking the server down, and so that a `$/` request gets its MethodNotFound. The model thread has its own guard (see [`crate::engine`]).
 struct PanicGuard<S>(S);
 
 impl<S> tower_service::Service<tower_lsp_server::jsonrpc::Request> for PanicGuard<S>

@@ -24,7 +24,7 @@ use tree_sitter::{InputEdit, Parser, Point, Tree};
 use crate::context::Finish;
 use crate::document::Snapshot;
 use crate::engine::CancelToken;
-use crate::syntax::{self, SyntaxError};
+use crate::syntax::{self, parse_bounded, SyntaxError, CHECK_PARSE_BUDGET};
 
 /// Remask rounds allowed after the planned steps before a candidate is rejected.
 pub const MAX_FINAL_RETRIES: usize = 2;
@@ -38,10 +38,13 @@ pub struct Site {
     tree: Tree,
     baseline: HashSet<SyntaxError>,
     parser: Parser,
+    /// Stops a check parse of a cancelled request (see [`Site::cancelled_by`]).
+    cancel: Option<CancelToken>,
 }
 
 impl Site {
-    /// `None` when the document has no grammar or no tree (nothing to verify against).
+    /// `None` when the document has no grammar or no tree (nothing to verify against), or when
+    /// reparsing it without the span takes longer than a document parse may.
     pub fn new(snap: &Snapshot, replace: Range<usize>) -> Option<Site> {
         let grammar = snap.grammar?;
         let mut tree = snap.tree.clone()?;
@@ -59,7 +62,10 @@ impl Site {
                 old_end_position,
                 new_end_position: start_position,
             });
-            tree = parser.parse(&base, Some(&tree))?;
+            let deadline = Instant::now() + syntax::DOCUMENT_PARSE_BUDGET;
+            let bytes = base.as_bytes();
+            let mut read = |b: usize, _: Point| &bytes[b.min(bytes.len())..];
+            tree = parse_bounded(&mut parser, &mut read, Some(&tree), deadline, None).ok()?;
         }
         let baseline = syntax::errors(&tree).into_iter().collect();
         Some(Site {
@@ -69,7 +75,14 @@ impl Site {
             tree,
             baseline,
             parser,
+            cancel: None,
         })
+    }
+
+    /// Check parses stop (and count as failed) once `cancel` is set.
+    pub fn cancelled_by(mut self, cancel: CancelToken) -> Site {
+        self.cancel = Some(cancel);
+        self
     }
 
     /// Parses the document with `insert` at the span.
@@ -96,14 +109,15 @@ impl Site {
                 &[]
             }
         };
-        self.parser.parse_with_options(&mut read, Some(&tree), None)
+        let deadline = Instant::now() + CHECK_PARSE_BUDGET;
+        parse_bounded(&mut self.parser, &mut read, Some(&tree), deadline, self.cancel.as_ref()).ok()
     }
 
     /// Errors of the spliced file that the baseline does not have, as byte ranges relative to
     /// the start of `insert` (they may reach outside it, or lie wholly outside it).
     pub fn new_errors(&mut self, insert: &str) -> Vec<Range<isize>> {
         let Some(tree) = self.parse_with(insert) else {
-            // The parser gave up (it has no timeout set, so this does not happen): fail closed.
+            // Past the budget, or cancelled: fail closed.
             return std::iter::once(0..insert.len() as isize).collect();
         };
         let (at, n) = (self.at, insert.len());
@@ -441,6 +455,17 @@ mod tests {
         assert!(!s.new_errors("42 }").is_empty());
         assert!(!s.parses_cleanly("42"));
         assert!(site(DOC).parses_cleanly("42"));
+    }
+
+    #[test]
+    fn a_cancelled_check_fails_closed() {
+        // Long enough that the parser reaches its progress check.
+        let doc = format!("fn main() {{\n    let x = $0;\n{}}}\n", "    f(1, \"a\");\n".repeat(5000));
+        let token = CancelToken::default();
+        let mut s = site(&doc).cancelled_by(token.clone());
+        assert!(s.new_errors("1").is_empty());
+        token.cancel();
+        assert_eq!(s.new_errors("\"1\""), [0..3]);
     }
 
     #[test]
