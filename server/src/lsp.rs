@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tower_lsp_server::jsonrpc::{Error, Result};
+use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
@@ -653,6 +653,7 @@ impl LanguageServer for Backend {
         st.source =
             ModelSource::from_option(self.cli_model.clone().or_else(|| st.settings.model.clone()));
         tracing::info!(?encoding, settings = ?st.settings, source = ?st.source, "initialize");
+        INITIALIZED.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(InitializeResult {
             capabilities: ServerCapabilities {
                 position_encoding: Some(match encoding {
@@ -992,10 +993,15 @@ where
         Box::pin(std::panic::AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
             // tower-lsp drops every `$/` message it has no handler for, requests included;
             // LSP asks for MethodNotFound when such a message carries an id.
-            Ok(Ok(None)) if method.starts_with("$/") && id.is_some() => {
-                let mut e = Error::method_not_found();
-                e.message = format!("method not found: {method}").into();
-                Ok(id.map(|id| tower_lsp_server::jsonrpc::Response::from_error(id, e)))
+            Ok(Ok(None)) if method.starts_with("$/") && id.is_some() => Ok(id.map(|id| {
+                tower_lsp_server::jsonrpc::Response::from_error(id, unknown_method(&method))
+            })),
+            Ok(Ok(Some(r)))
+                if r.error().is_some_and(|e| e.code == ErrorCode::MethodNotFound) =>
+            {
+                let id = r.id().clone();
+                let e = unknown_method(&method);
+                Ok(Some(tower_lsp_server::jsonrpc::Response::from_error(id, e)))
             }
             Ok(r) => r,
             Err(p) => {
@@ -1007,6 +1013,26 @@ where
                 }))
             }
         }))
+    }
+}
+
+/// The answer to a method nobody handles. tower-lsp gives MethodNotFound whatever the
+/// lifecycle; LSP wants ServerNotInitialized before `initialize` and InvalidRequest after
+/// `shutdown`, for every request.
+fn unknown_method(method: &str) -> Error {
+    use std::sync::atomic::Ordering::Relaxed;
+    if SHUTDOWN_REQUESTED.load(Relaxed) {
+        Error::invalid_request()
+    } else if !INITIALIZED.load(Relaxed) {
+        Error {
+            code: ErrorCode::ServerError(-32002),
+            message: "Server not initialized".into(),
+            data: None,
+        }
+    } else {
+        let mut e = Error::method_not_found();
+        e.message = format!("method not found: {method}").into();
+        e
     }
 }
 
@@ -1025,6 +1051,9 @@ fn service(
         .finish();
     (PanicGuard(service), socket)
 }
+
+/// Set by a successful `initialize`.
+static INITIALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Set by `shutdown`: the process exit code is 0 only after it (LSP: `exit` without `shutdown`
 /// exits with 1).
