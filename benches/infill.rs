@@ -3,15 +3,17 @@
 //! the baseline in the same run, autoregressive decoding of the same 32 tokens by the same network
 //! (causal mask + KV cache). Throughputs are tokens/s (or FLOP/s for the matmul peak).
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use model::config::Config;
 use model::sampler::{generate_autoregressive, infill};
 use model::tokenizer::Tokenizer;
-use model::train::init_params;
-use model::transformer::{ActiveWindow, Exec, Transformer};
+use model::transformer::{parameter_shapes, ActiveWindow, Transformer};
 use model::weights::TensorStore;
 use model::{InfillRequest, NoHook, SamplerParams};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,6 +26,40 @@ fn config(hidden: usize, layers: usize, heads: usize, kv: usize, ffn: usize) -> 
     Config::default_family(8192, hidden, layers, heads, kv, ffn, 4096)
 }
 
+/// Random weights with the checkpoint's names: normal(0, 0.02) matrices (output projections
+/// scaled down by depth), unit norms, zero biases; speed does not depend on the values.
+fn random_params(cfg: &Config, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let depth_scale = 1.0 / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+    let mut normal = || {
+        // Box-Muller.
+        let u1: f64 = rng.random::<f64>().max(1e-12);
+        let u2: f64 = rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    };
+    let dev = Device::Cpu;
+    parameter_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if name.ends_with("norm.weight") {
+                Tensor::ones(shape.as_slice(), DType::F32, &dev)
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, &dev)
+            } else {
+                let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                    0.02 * depth_scale
+                } else {
+                    0.02
+                };
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| (normal() * std) as f32).collect();
+                Tensor::from_vec(v, shape.as_slice(), &dev)
+            };
+            (name, t.unwrap())
+        })
+        .collect()
+}
+
 fn models() -> Vec<(&'static str, Transformer)> {
     [
         ("10M", config(256, 8, 4, 2, 1024)),
@@ -31,7 +67,7 @@ fn models() -> Vec<(&'static str, Transformer)> {
     ]
     .into_iter()
     .map(|(name, cfg)| {
-        let params = init_params(&cfg, DType::F32, &Device::Cpu, 0).unwrap();
+        let params = random_params(&cfg, 0);
         let store = TensorStore::from_map(params, std::path::Path::new("(bench)"));
         (name, Transformer::new(&cfg, &store, &Device::Cpu).unwrap())
     })
@@ -86,11 +122,7 @@ fn bench(c: &mut Criterion) {
         // Elements = FLOPs, so the report reads as FLOP/s against the matmul peak.
         g.throughput(Throughput::Elements(forward_flops(model.config(), CONTEXT)));
         g.bench_function(BenchmarkId::from_parameter(name), |bch| {
-            bch.iter(|| {
-                model
-                    .forward_full(&ids, &pos, None, None, Exec::Infer)
-                    .unwrap()
-            })
+            bch.iter(|| model.forward_full(&ids, &pos, None, None).unwrap())
         });
     }
     g.finish();
@@ -111,9 +143,7 @@ fn bench(c: &mut Criterion) {
             start: p,
             len: SPAN,
         };
-        let (_, ctx) = model
-            .forward_full(&ids, &pos, None, Some(window), Exec::Infer)
-            .unwrap();
+        let (_, ctx) = model.forward_full(&ids, &pos, None, Some(window)).unwrap();
         let ctx = ctx.unwrap();
         let span = Tensor::new(&seq[p..p + SPAN], &dev)
             .unwrap()

@@ -16,6 +16,37 @@ pub enum LogitsConvention {
     Shifted,
 }
 
+/// How an infill request is laid out and attended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfillLayout {
+    /// Dream / LLaDA: `prefix span suffix`, every position attends to every other.
+    #[default]
+    Bidirectional,
+    /// An autoregressive model adapted to block diffusion: the context
+    /// `<|fim_suffix|> suffix <|fim_prefix|> prefix` is causal, so its keys/values are an AR
+    /// model's and stay exact across keystrokes; the span after it attends to all of the
+    /// context and to the whole span.
+    SpmBlock,
+}
+
+impl InfillLayout {
+    /// Context positions the layout adds to prefix and suffix (the two sentinels of SPM).
+    pub fn sentinel_tokens(self) -> usize {
+        match self {
+            InfillLayout::Bidirectional => 0,
+            InfillLayout::SpmBlock => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InfillLayout::Bidirectional => "bidirectional",
+            InfillLayout::SpmBlock => "spm_block",
+        }
+    }
+}
+
 /// Tensor naming scheme of the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFamily {
@@ -40,10 +71,14 @@ pub struct Config {
     /// q/k/v projections carry biases (Qwen2 does, LLaDA does not).
     pub qkv_bias: bool,
     pub logits: LogitsConvention,
+    pub infill_layout: InfillLayout,
     pub family: WeightFamily,
     pub mask_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Sentinels of the SPM layout; the tokenizer falls back to `<|fim_prefix|>` / `<|fim_suffix|>`.
+    pub fim_prefix_token_id: Option<u32>,
+    pub fim_suffix_token_id: Option<u32>,
 }
 
 /// Largest `max_position_embeddings` accepted: positions are exact in f32 up to 2^24.
@@ -73,9 +108,12 @@ struct RawConfig {
     weight_tying: Option<bool>,
     include_bias: Option<bool>,
     diffusion_logits: Option<LogitsConvention>,
+    infill_layout: Option<InfillLayout>,
     mask_token_id: Option<serde_json::Value>,
     pad_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
+    fim_prefix_token_id: Option<serde_json::Value>,
+    fim_suffix_token_id: Option<serde_json::Value>,
 }
 
 /// Token ids may be a number, null, or (for eos) a list; take the first.
@@ -170,11 +208,18 @@ impl Config {
                 .or(raw.weight_tying)
                 .unwrap_or(false),
             qkv_bias: raw.include_bias.unwrap_or(family == WeightFamily::Qwen2),
-            logits: raw.diffusion_logits.unwrap_or(default_logits),
+            // An AR-first model predicts the next token at every position.
+            logits: raw.diffusion_logits.unwrap_or(match raw.infill_layout {
+                Some(InfillLayout::SpmBlock) => LogitsConvention::Shifted,
+                _ => default_logits,
+            }),
+            infill_layout: raw.infill_layout.unwrap_or_default(),
             family,
             mask_token_id: token_id(&raw.mask_token_id),
             pad_token_id: token_id(&raw.pad_token_id),
             eos_token_id: token_id(&raw.eos_token_id),
+            fim_prefix_token_id: token_id(&raw.fim_prefix_token_id),
+            fim_suffix_token_id: token_id(&raw.fim_suffix_token_id),
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -202,6 +247,15 @@ impl Config {
                     "must divide num_attention_heads {}",
                     self.num_attention_heads
                 ),
+            );
+        }
+        if self.infill_layout == InfillLayout::SpmBlock && self.logits != LogitsConvention::Shifted
+        {
+            return bad(
+                "diffusion_logits",
+                "infill_layout spm_block needs shifted logits (the context's last position \
+                 predicts the first span token)"
+                    .into(),
             );
         }
         if self.head_dim() % 2 != 0 {
@@ -254,39 +308,18 @@ impl Config {
             tie_word_embeddings: true,
             qkv_bias: true,
             logits: LogitsConvention::InPlace,
+            infill_layout: InfillLayout::Bidirectional,
             family: WeightFamily::Qwen2,
             mask_token_id: Some(1),
             pad_token_id: Some(0),
             eos_token_id: Some(0),
+            fim_prefix_token_id: None,
+            fim_suffix_token_id: None,
         }
     }
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
-    }
-
-    /// JSON in Hugging Face form, as our own checkpoints are saved.
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["DiffusionQwen2"],
-            "model_type": "qwen2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
-            "sliding_window": null,
-            "diffusion_logits": match self.logits { LogitsConvention::InPlace => "in_place", LogitsConvention::Shifted => "shifted" },
-            "mask_token_id": self.mask_token_id,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_id,
-        })
     }
 
     /// Parameter count (embeddings included).
@@ -341,5 +374,29 @@ mod tests {
             "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#;
         let cfg = Config::from_json(json, Path::new("c.json")).unwrap();
         assert_eq!(cfg.logits, LogitsConvention::Shifted);
+        assert_eq!(cfg.infill_layout, InfillLayout::Bidirectional);
+    }
+
+    #[test]
+    fn reads_the_infill_layout_and_its_sentinels() {
+        let json = r#"{"architectures":["DiffusionQwen2"],"vocab_size":10,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+            "infill_layout":"spm_block","fim_prefix_token_id":2,"fim_suffix_token_id":3}"#;
+        let cfg = Config::from_json(json, Path::new("c.json")).unwrap();
+        assert_eq!(cfg.infill_layout, InfillLayout::SpmBlock);
+        assert_eq!(
+            (cfg.fim_prefix_token_id, cfg.fim_suffix_token_id),
+            (Some(2), Some(3))
+        );
+        assert_eq!(cfg.logits, LogitsConvention::Shifted);
+        let bad = json.replace("spm_block", "psm");
+        let err = Config::from_json(&bad, Path::new("c.json")).unwrap_err();
+        assert!(err.to_string().contains("psm"), "{err}");
+        let in_place = json.replace(
+            r#""infill_layout""#,
+            r#""diffusion_logits":"in_place","infill_layout""#,
+        );
+        let err = Config::from_json(&in_place, Path::new("c.json")).unwrap_err();
+        assert!(err.to_string().contains("diffusion_logits"), "{err}");
     }
 }

@@ -1,14 +1,14 @@
-//! The diffusion language model engine of diffusion-ls: a bidirectional Qwen2-family transformer
-//! (Dream / DiffuCoder / Open-dCoder checkpoints and our own default model), an infilling sampler
-//! that denoises a masked span in a few parallel refinement steps with a hook between steps, and
-//! the masked-diffusion training loop. Knows nothing of LSP.
+//! The diffusion language model engine of diffusion-ls: a Qwen2-family transformer (Dream /
+//! DiffuCoder / Open-dCoder checkpoints and our own default model) and an infilling sampler that
+//! denoises a masked span in a few parallel refinement steps with a hook between steps, in the
+//! model's infill layout. Knows nothing of LSP.
 
 pub mod config;
 pub mod error;
+pub mod layout;
 pub mod lm;
 pub mod sampler;
 pub mod tokenizer;
-pub mod train;
 pub mod transformer;
 pub mod weights;
 
@@ -23,7 +23,7 @@ pub fn pin_thread_count() {
     }
 }
 
-pub use config::{Config, LogitsConvention};
+pub use config::{Config, InfillLayout, LogitsConvention};
 pub use error::ModelError;
 pub use lm::DiffusionLm;
 pub use sampler::{

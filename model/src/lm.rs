@@ -89,12 +89,13 @@ impl DiffusionLm {
     pub fn describe(&self) -> String {
         let cfg = self.model.config();
         format!(
-            "{} ({:.1}M params, {} layers, width {}, vocab {})",
+            "{} ({:.1}M params, {} layers, width {}, vocab {}, {} infill)",
             self.name,
             cfg.num_params() as f64 / 1e6,
             cfg.num_hidden_layers,
             cfg.hidden_size,
-            cfg.vocab_size
+            cfg.vocab_size,
+            cfg.infill_layout.name()
         )
     }
 

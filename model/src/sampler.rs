@@ -6,9 +6,9 @@
 //! (pad/EOS); once one is committed, every still-masked position after it becomes an end token too
 //! (as Dream-Coder does), and the completion is the text before the first end token.
 //!
-//! Speed: the context's keys/values are computed by one full pass and reused by the following
-//! steps, which only run the span (plus, for shifted checkpoints, the last prefix token); they are
-//! refreshed every `cache_refresh` steps (1 = exact, every step a full pass).
+//! Speed: the context's keys/values are computed once and reused by the following steps, which
+//! only run the span; how the context is built and which hidden states predict the span is the
+//! model's infill layout's business (layout.rs).
 
 use std::ops::Range;
 use std::time::Instant;
@@ -16,10 +16,11 @@ use std::time::Instant;
 use candle_core::{Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::config::LogitsConvention;
 use crate::error::{ModelError, Result};
+use crate::layout;
+pub use crate::layout::ContextCache;
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{ActiveWindow, ContextKv, Exec, KvBlock, Transformer};
+use crate::transformer::Transformer;
 
 /// How the confidence that orders commits is measured (Dream's options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,7 @@ pub struct SamplerParams {
     /// masked again (never at the last step).
     pub remask_below: Option<f32>,
     /// Recompute the context keys/values every R steps (1 = exact; 0 = never after the first).
+    /// Bidirectional layout only: a causal context never sees the span and is always exact.
     pub cache_refresh: usize,
     /// Steps allowed beyond `steps` when the hook remasks positions at the end.
     pub max_extra_steps: usize,
@@ -371,139 +373,6 @@ fn decode_view(
     Ok((text, ranges))
 }
 
-/// Which cached context rows belong to which candidate.
-enum CtxRows {
-    Shared,
-    PerCandidate(Vec<usize>),
-}
-
-/// Context keys/values kept from one request to the next on the same document. When only the text
-/// near the cursor changed, the unchanged prefix keeps its keys/values, the unchanged end of the
-/// suffix keeps them too (moved to their new positions by a RoPE rotation), and only the changed
-/// tokens run, attending to the rest. This is approximate in the same way as the per-step cache:
-/// reused entries do not see the edit. Large edits fall back to a full pass.
-#[derive(Default)]
-pub struct ContextCache {
-    entry: Option<CacheEntry>,
-    /// Requests served by reuse, and by a full pass (for logs and evals).
-    pub reused: usize,
-    pub rebuilt: usize,
-}
-
-struct CacheEntry {
-    /// Context tokens before the active window (positions 0..prefix_ids.len()).
-    prefix_ids: Vec<u32>,
-    suffix_ids: Vec<u32>,
-    /// Position of the first suffix token.
-    suffix_start: usize,
-    /// Per layer: prefix block then suffix block, batch 1.
-    kv: ContextKv,
-}
-
-/// Longest run of new tokens that reuse still handles; beyond it a full pass is cheaper and exact.
-const MAX_REUSE_NEW_TOKENS: usize = 96;
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-fn common_suffix(a: &[u32], b: &[u32]) -> usize {
-    a.iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
-}
-
-impl ContextCache {
-    pub fn clear(&mut self) {
-        self.entry = None;
-    }
-
-    /// Context K/V for `prefix_ids` (positions 0..) and `suffix_ids` (from `suffix_start`),
-    /// derived from the cached entry, or None when a full pass is needed.
-    fn reuse(
-        &self,
-        model: &Transformer,
-        prefix_ids: &[u32],
-        suffix_ids: &[u32],
-        suffix_start: usize,
-    ) -> Result<Option<ContextKv>> {
-        let Some(e) = &self.entry else {
-            return Ok(None);
-        };
-        let cp = common_prefix(&e.prefix_ids, prefix_ids);
-        let cs = common_suffix(&e.suffix_ids, suffix_ids);
-        let new_prefix = &prefix_ids[cp..];
-        let new_suffix = &suffix_ids[..suffix_ids.len() - cs];
-        if new_prefix.len() + new_suffix.len() > MAX_REUSE_NEW_TOKENS || cp < prefix_ids.len() / 2 {
-            return Ok(None);
-        }
-        let old_split = e.prefix_ids.len();
-        let old_tail = e.suffix_start + (e.suffix_ids.len() - cs);
-        let new_tail = suffix_start + new_suffix.len();
-        let delta = new_tail as i64 - old_tail as i64;
-        let mut kept = Vec::with_capacity(e.kv.layers.len());
-        let mut tails = Vec::with_capacity(e.kv.layers.len());
-        for l in &e.kv.layers {
-            let tail_from = old_split + e.suffix_ids.len() - cs;
-            let k_tail = model.shift_keys(&l.k.narrow(2, tail_from, cs)?, delta)?;
-            let v_tail = l.v.narrow(2, tail_from, cs)?;
-            let pre = KvBlock {
-                k: l.k.narrow(2, 0, cp)?,
-                v: l.v.narrow(2, 0, cp)?,
-            };
-            kept.push(KvBlock {
-                k: Tensor::cat(&[&pre.k, &k_tail], 2)?,
-                v: Tensor::cat(&[&pre.v, &v_tail], 2)?,
-            });
-            tails.push((
-                KvBlock {
-                    k: k_tail,
-                    v: v_tail,
-                },
-                pre,
-            ));
-        }
-        if new_prefix.is_empty() && new_suffix.is_empty() {
-            return Ok(Some(ContextKv { layers: kept }));
-        }
-        // The changed tokens attend to the kept context and to each other.
-        let ids: Vec<u32> = new_prefix.iter().chain(new_suffix).copied().collect();
-        let positions: Vec<u32> = (cp as u32..prefix_ids.len() as u32)
-            .chain(suffix_start as u32..(suffix_start + new_suffix.len()) as u32)
-            .collect();
-        let ids_t = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let (_, own) =
-            model.forward_span_kv(&ids_t, &positions, &ContextKv { layers: kept }, true)?;
-        let own = own.expect("own K/V requested");
-        let np = new_prefix.len();
-        let layers = own
-            .layers
-            .iter()
-            .zip(tails)
-            .map(|(o, (tail, pre))| {
-                let part = |t: &Tensor, pre: &Tensor, tail: &Tensor| -> Result<Tensor> {
-                    let mut parts = vec![pre.clone()];
-                    if np > 0 {
-                        parts.push(t.narrow(2, 0, np)?);
-                    }
-                    if ids.len() > np {
-                        parts.push(t.narrow(2, np, ids.len() - np)?);
-                    }
-                    parts.push(tail.clone());
-                    Ok(Tensor::cat(&parts, 2)?)
-                };
-                Ok(KvBlock {
-                    k: part(&o.k, &pre.k, &tail.k)?,
-                    v: part(&o.v, &pre.v, &tail.v)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(ContextKv { layers }))
-    }
-}
-
 pub fn infill(
     model: &Transformer,
     tok: &Tokenizer,
@@ -528,7 +397,8 @@ pub fn infill_cached(
         return Err(ModelError::Request("span_len must be at least 1".into()));
     }
     let (p, s) = (req.prefix.len(), req.suffix.len());
-    let total = p + n + s;
+    let context_tokens = p + s + cfg.infill_layout.sentinel_tokens();
+    let total = context_tokens + n;
     if total > cfg.max_position_embeddings {
         return Err(ModelError::Request(format!(
             "{total} tokens exceed the model's {} positions",
@@ -549,26 +419,6 @@ pub fn infill_cached(
     let special = tok.special;
     let steps = params.steps.clamp(1, n);
     let n_cand = params.candidates.max(1);
-    let device = model.device();
-
-    // Active window: the span, plus the last prefix token for shifted checkpoints (its hidden
-    // state predicts the first span token). `rows[j]` = active row that predicts span position j.
-    let shifted = cfg.logits == LogitsConvention::Shifted;
-    let act_start = if shifted && p > 0 { p - 1 } else { p };
-    let act_len = p + n - act_start;
-    let rows: Vec<u32> = (0..n)
-        .map(|j| match (shifted, p > 0) {
-            (true, true) | (false, _) => j as u32,
-            (true, false) => j.saturating_sub(1) as u32,
-        })
-        .collect();
-    let rows_t = Tensor::new(rows.as_slice(), device)?;
-    let window = ActiveWindow {
-        start: act_start,
-        len: act_len,
-    };
-    let all_positions: Vec<u32> = (0..total as u32).collect();
-    let act_positions: Vec<u32> = (act_start as u32..(p + n) as u32).collect();
 
     let mut cands: Vec<Candidate> = (0..n_cand)
         .map(|c| Candidate {
@@ -587,34 +437,18 @@ pub fn infill_cached(
         })
         .collect();
     let mut stats = InfillStats {
-        context_tokens: p + s,
+        context_tokens,
         span_tokens: n,
         ..Default::default()
     };
     let started = Instant::now();
-    let mut ctx: Option<(ContextKv, CtxRows)> = match cache.as_deref_mut() {
-        Some(c) => {
-            let reused = c.reuse(model, &req.prefix[..act_start], &req.suffix, p + n)?;
-            if reused.is_some() {
-                c.reused += 1;
-            } else {
-                c.rebuilt += 1;
-            }
-            reused.map(|kv| (kv, CtxRows::Shared))
-        }
-        None => None,
-    };
-    stats.context_reused = ctx.is_some();
+    let mut layout = layout::for_request(model, tok, req, cache.as_deref_mut(), &mut stats)?;
     let max_steps = steps + params.max_extra_steps;
 
     for step in 0..max_steps {
         if hook.cancelled() {
             stats.cancelled = true;
-            stats.denoise_ms = started.elapsed().as_secs_f64() * 1e3 - stats.encode_ms;
-            return Ok(InfillOutput {
-                completions: vec![],
-                stats,
-            });
+            break;
         }
         let run: Vec<usize> = (0..n_cand)
             .filter(|&c| cands[c].alive && !cands[c].done)
@@ -622,88 +456,19 @@ pub fn infill_cached(
         if run.is_empty() {
             break;
         }
-        let span_ids = |c: &Candidate| -> Vec<u32> {
-            c.tokens.iter().map(|t| t.unwrap_or(special.mask)).collect()
-        };
-        let refresh = match &ctx {
-            None => true,
-            Some(_) => params.cache_refresh > 0 && step > 0 && step % params.cache_refresh == 0,
-        };
-        let t0 = Instant::now();
-        // Hidden states of the active window: (1 or |run|, act_len, d).
-        let hidden = if refresh {
-            let first = span_ids(&cands[run[0]]);
-            let identical = run.iter().all(|&c| span_ids(&cands[c]) == first);
-            let batch: Vec<&usize> = if identical {
-                vec![&run[0]]
-            } else {
-                run.iter().collect()
-            };
-            let mut ids = Vec::with_capacity(batch.len() * total);
-            for &&c in &batch {
-                ids.extend_from_slice(&req.prefix);
-                ids.extend(span_ids(&cands[c]));
-                ids.extend_from_slice(&req.suffix);
-            }
-            let ids = Tensor::from_vec(ids, (batch.len(), total), device)?;
-            let (h, kv) =
-                model.forward_full(&ids, &all_positions, None, Some(window), Exec::Infer)?;
-            let kv = kv.expect("context K/V requested");
-            ctx = Some((
-                kv,
-                if identical {
-                    CtxRows::Shared
-                } else {
-                    CtxRows::PerCandidate(run.clone())
-                },
-            ));
-            stats.full_passes += 1;
-            h.narrow(1, act_start, act_len)?
-        } else {
-            let (kv, owners) = ctx.as_ref().expect("context computed at step 0");
-            let kv = match owners {
-                CtxRows::Shared => kv.clone(),
-                CtxRows::PerCandidate(owner) => {
-                    let idx: Vec<u32> = run
-                        .iter()
-                        .map(|c| {
-                            owner
-                                .iter()
-                                .position(|o| o == c)
-                                .expect("candidate in cache") as u32
-                        })
-                        .collect();
-                    let idx = Tensor::new(idx.as_slice(), device)?;
-                    ContextKv {
-                        layers: kv
-                            .layers
-                            .iter()
-                            .map(|l| {
-                                Ok(KvBlock {
-                                    k: l.k.index_select(&idx, 0)?,
-                                    v: l.v.index_select(&idx, 0)?,
-                                })
-                            })
-                            .collect::<Result<_>>()?,
-                    }
-                }
-            };
-            let mut ids = Vec::with_capacity(run.len() * act_len);
-            for &c in &run {
-                ids.extend_from_slice(&req.prefix[act_start..p]);
-                ids.extend(span_ids(&cands[c]));
-            }
-            let ids = Tensor::from_vec(ids, (run.len(), act_len), device)?;
-            model.forward_span(&ids, &act_positions, &kv)?
-        };
-        let span_hidden = hidden.index_select(&rows_t, 1)?;
-        let logits = model
-            .logits(&span_hidden)?
-            .to_dtype(candle_core::DType::F32)?;
+        let spans: Vec<Vec<u32>> = run
+            .iter()
+            .map(|&c| {
+                let tokens = &cands[c].tokens;
+                tokens.iter().map(|t| t.unwrap_or(special.mask)).collect()
+            })
+            .collect();
+        let logits = layout.step(model, step, &run, &spans, &mut stats)?;
         let logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
         stats.forward_passes += 1;
         if step == 0 {
-            stats.encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+            // The context pass (or its reuse) and the first prediction.
+            stats.encode_ms = started.elapsed().as_secs_f64() * 1e3;
         }
         stats.steps = step + 1;
 
@@ -841,12 +606,13 @@ pub fn infill_cached(
         }
     }
     stats.denoise_ms = started.elapsed().as_secs_f64() * 1e3 - stats.encode_ms;
-    if let (Some(c), Some((kv, CtxRows::Shared))) = (cache, &ctx) {
-        c.entry = Some(CacheEntry {
-            prefix_ids: req.prefix[..act_start].to_vec(),
-            suffix_ids: req.suffix.clone(),
-            suffix_start: p + n,
-            kv: kv.clone(),
+    if let Some(c) = cache {
+        layout.keep(c);
+    }
+    if stats.cancelled {
+        return Ok(InfillOutput {
+            completions: vec![],
+            stats,
         });
     }
 

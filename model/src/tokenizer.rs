@@ -1,8 +1,9 @@
-//! The tokenizer of a checkpoint and the ids of its special tokens (mask, end-of-infill).
+//! The tokenizer of a checkpoint and the ids of its special tokens (mask, end-of-infill, and the
+//! SPM sentinels).
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, InfillLayout};
 use crate::error::{ModelError, Result};
 
 /// Special token ids the sampler needs.
@@ -12,6 +13,15 @@ pub struct SpecialTokens {
     pub mask: u32,
     /// Ends an infill: it and everything after it are dropped (pad / EOS).
     pub end: u32,
+    /// Both SPM sentinels, when the model has them; always `Some` for an `spm_block` model.
+    pub fim: Option<FimTokens>,
+}
+
+/// The sentinels that open the suffix and the prefix in the `spm_block` context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FimTokens {
+    pub prefix: u32,
+    pub suffix: u32,
 }
 
 const MASK_NAMES: &[&str] = &["<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "<|MASK|>"];
@@ -73,7 +83,34 @@ impl Tokenizer {
                 });
             }
         }
-        for (what, id) in [("mask", mask), ("pad", end)] {
+        let fim_prefix = cfg
+            .fim_prefix_token_id
+            .or_else(|| inner.token_to_id("<|fim_prefix|>"));
+        let fim_suffix = cfg
+            .fim_suffix_token_id
+            .or_else(|| inner.token_to_id("<|fim_suffix|>"));
+        let fim = match (fim_prefix, fim_suffix) {
+            (Some(prefix), Some(suffix)) => Some(FimTokens { prefix, suffix }),
+            _ => None,
+        };
+        if cfg.infill_layout == InfillLayout::SpmBlock && fim.is_none() {
+            let what = if fim_prefix.is_none() {
+                "fim_prefix"
+            } else {
+                "fim_suffix"
+            };
+            return Err(ModelError::Tokenizer {
+                path: path.to_owned(),
+                reason: format!(
+                    "infill_layout spm_block needs a {what} token: set `{what}_token_id` in \
+                     config.json or add `<|{what}|>` to the tokenizer"
+                ),
+            });
+        }
+        let sentinels = fim
+            .iter()
+            .flat_map(|f| [("fim_prefix", f.prefix), ("fim_suffix", f.suffix)]);
+        for (what, id) in [("mask", mask), ("pad", end)].into_iter().chain(sentinels) {
             if id as usize >= cfg.vocab_size {
                 return Err(ModelError::Tokenizer {
                     path: path.to_owned(),
@@ -86,7 +123,7 @@ impl Tokenizer {
         }
         Ok(Self {
             inner,
-            special: SpecialTokens { mask, end },
+            special: SpecialTokens { mask, end, fim },
         })
     }
 

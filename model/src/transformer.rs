@@ -1,53 +1,36 @@
-//! The bidirectional Qwen2-family transformer used by the open diffusion code models (Dream,
-//! DiffuCoder, Open-dCoder) and by our own default model: RMSNorm, RoPE, grouped-query attention
-//! with q/k/v biases, SwiGLU MLP, tied or untied embeddings, and no causal mask.
+//! The Qwen2-family transformer used by the open diffusion code models (Dream, DiffuCoder,
+//! Open-dCoder) and by our own default model: RMSNorm, RoPE, grouped-query attention with q/k/v
+//! biases, SwiGLU MLP, tied or untied embeddings. Attention is bidirectional except where a pass
+//! says otherwise.
 //!
 //! Three ways to run it:
-//! - [`Transformer::forward_full`]: the whole sequence at once (parity tests, training, and the
-//!   refresh of the context cache during infilling);
+//! - [`Transformer::forward_full`]: the whole sequence at once (parity tests, and the refresh of
+//!   the context cache during bidirectional infilling);
 //! - [`Transformer::forward_span`]: only the few "active" tokens of an infill span, attending to the
-//!   cached keys/values of the fixed context around them (the Fast-dLLM approximate cache);
-//! - [`Transformer::forward_causal`]: causal decoding with a growing KV cache, the autoregressive
-//!   baseline that the benches compare against.
+//!   cached keys/values of the fixed context around them (the Fast-dLLM approximate cache; exact
+//!   for the causal context of `spm_block`);
+//! - [`Transformer::forward_causal`]: causal passes with a growing KV cache: the `spm_block`
+//!   infill context, and the autoregressive baseline that the benches compare against.
 //!
-//! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed.
+//! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed outside
+//! the causal passes.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Config, WeightFamily};
 use crate::error::Result;
 use crate::weights::TensorStore;
 
-/// Inference uses candle's fused kernels; training needs ops that have a backward pass
-/// (candle's fused rms_norm, softmax_last_dim and rope silently drop gradients).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exec {
-    Infer,
-    Train,
-}
-
 struct Linear {
-    /// (in, out): contiguous when built for inference, a transposed view of the (out, in)
-    /// checkpoint tensor when built on training variables (so gradients reach them).
+    /// (in, out), contiguous: see [`input_major`].
     wt: Tensor,
     b: Option<Tensor>,
 }
 
-/// How `Transformer::new` lays out the projection weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightLayout {
-    /// Copy each weight to (in, out) once at load: gemm then skips re-packing a strided matrix
-    /// on every call, which made span-sized matmuls 1.6-2.3x slower (model/examples, this CPU).
-    Inference,
-    /// Keep the store's tensors (training variables) and transpose views per call.
-    Training,
-}
-
-fn input_major(w: Tensor, layout: WeightLayout) -> Result<Tensor> {
-    Ok(match layout {
-        WeightLayout::Inference => w.t()?.contiguous()?,
-        WeightLayout::Training => w.t()?,
-    })
+/// A checkpoint's (out, in) weight copied once at load to (in, out): gemm then skips re-packing
+/// a strided matrix on every call, which made span-sized matmuls 1.6-2.3x slower (this CPU).
+fn input_major(w: Tensor) -> Result<Tensor> {
+    Ok(w.t()?.contiguous()?)
 }
 
 impl Linear {
@@ -101,11 +84,38 @@ impl ContextKv {
     }
 }
 
-/// Growing per-layer cache for causal decoding.
-#[derive(Default)]
+/// Growing per-layer cache for causal passes.
+#[derive(Clone, Default)]
 pub struct CausalCache {
     layers: Vec<Option<KvBlock>>,
     pub len: usize,
+}
+
+impl CausalCache {
+    /// Forget every position from `len` on. Exact: a causal key/value depends only on the
+    /// tokens up to its own position.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            *self = Self::default();
+            return Ok(());
+        }
+        for kv in self.layers.iter_mut().flatten() {
+            kv.k = kv.k.narrow(2, 0, len)?;
+            kv.v = kv.v.narrow(2, 0, len)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The cached keys/values as the fixed context of a span pass (no layers while empty).
+    pub fn context(&self) -> ContextKv {
+        ContextKv {
+            layers: self.layers.iter().flatten().cloned().collect(),
+        }
+    }
 }
 
 /// What [`Transformer::forward_full`] should keep as context K/V: every position except the
@@ -126,7 +136,8 @@ pub struct Transformer {
     device: Device,
 }
 
-/// The parameter names of the checkpoint family, in a fixed order (training, saving).
+/// The parameter names and shapes of the default family's checkpoint, in a fixed order (the
+/// benches build random weights from them).
 pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let d = cfg.hidden_size;
     let kv = cfg.num_key_value_heads * cfg.head_dim();
@@ -206,17 +217,7 @@ fn layer_names(family: WeightFamily, i: usize) -> LayerNames {
 }
 
 impl Transformer {
-    /// Builds the model for inference (weights copied to the layout gemm likes).
     pub fn new(cfg: &Config, store: &TensorStore, device: &Device) -> Result<Self> {
-        Self::with_layout(cfg, store, device, WeightLayout::Inference)
-    }
-
-    pub fn with_layout(
-        cfg: &Config,
-        store: &TensorStore,
-        device: &Device,
-        layout: WeightLayout,
-    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let kv = cfg.num_key_value_heads * cfg.head_dim();
         let f = cfg.intermediate_size;
@@ -228,7 +229,7 @@ impl Transformer {
                 None
             };
             Ok(Linear {
-                wt: input_major(w, layout)?,
+                wt: input_major(w)?,
                 b,
             })
         };
@@ -265,7 +266,7 @@ impl Transformer {
         } else {
             store.get(head_name, &[cfg.vocab_size, d])?
         };
-        let lm_head_t = input_major(lm_head, layout)?;
+        let lm_head_t = input_major(lm_head)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -317,30 +318,22 @@ impl Transformer {
     /// Move cached keys (B, KVH, L, hd) by `delta` positions: RoPE rotations compose, so keys
     /// computed at p become keys at p + delta without recomputing them.
     pub fn shift_keys(&self, k: &Tensor, delta: i64) -> Result<Tensor> {
-        if delta == 0 {
+        let l = k.dim(2)?;
+        // candle's rope kernel panics on an empty block ("chunk_size must not be zero").
+        if delta == 0 || l == 0 {
             return Ok(k.clone());
         }
-        let l = k.dim(2)?;
         let (cos, sin) = self.rope_tables_signed(&vec![delta; l])?;
         Ok(candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?)
     }
 
-    fn rms_norm(&self, x: &Tensor, w: &Tensor, exec: Exec) -> Result<Tensor> {
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        Ok(match exec {
-            Exec::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
-            Exec::Train => candle_nn::ops::rms_norm_slow(x, w, eps)?,
-        })
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?)
     }
 
     /// Project hidden states (B, L, d) to rotated queries (B, H, L, hd) and keys/values (B, KVH, L, hd).
-    fn qkv(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        exec: Exec,
-    ) -> Result<(Tensor, KvBlock)> {
+    fn qkv(&self, layer: &Layer, x: &Tensor, rope: &(Tensor, Tensor)) -> Result<(Tensor, KvBlock)> {
         let (b, l, _) = x.dims3()?;
         let hd = self.cfg.head_dim();
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
@@ -350,28 +343,15 @@ impl Transformer {
         let k = heads(layer.k.forward(x)?, self.cfg.num_key_value_heads)?;
         let v = heads(layer.v.forward(x)?, self.cfg.num_key_value_heads)?;
         let (cos, sin) = rope;
-        let (q, k) = match exec {
-            Exec::Infer => (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            ),
-            Exec::Train => (
-                candle_nn::rotary_emb::rope_slow(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_slow(&k, cos, sin)?,
-            ),
-        };
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         Ok((q, KvBlock { k, v }))
     }
 
     /// Attention of queries (B, H, Lq, hd) over several key/value blocks, each optionally with an
     /// additive bias broadcastable to (B, Lq, Lk). Grouped-query attention without copying keys:
     /// the query heads that share a KV head are folded into the row dimension.
-    fn attend(
-        &self,
-        q: &Tensor,
-        blocks: &[(&KvBlock, Option<&Tensor>)],
-        exec: Exec,
-    ) -> Result<Tensor> {
+    fn attend(&self, q: &Tensor, blocks: &[(&KvBlock, Option<&Tensor>)]) -> Result<Tensor> {
         let (b, h, lq, hd) = q.dims4()?;
         let kvh = self.cfg.num_key_value_heads;
         let g = h / kvh;
@@ -401,10 +381,7 @@ impl Transformer {
         } else {
             Tensor::cat(&scores, 3)?
         };
-        let probs = match exec {
-            Exec::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
-            Exec::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
-        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let mut out: Option<Tensor> = None;
         let mut offset = 0;
         for (kv, _) in blocks {
@@ -431,11 +408,11 @@ impl Transformer {
     }
 
     /// Output projection + residual + MLP for one layer.
-    fn finish_layer(&self, layer: &Layer, x: &Tensor, attn: &Tensor, exec: Exec) -> Result<Tensor> {
+    fn finish_layer(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let (b, h, l, hd) = attn.dims4()?;
         let attn = attn.transpose(1, 2)?.reshape((b, l, h * hd))?;
         let x = (x + layer.o.forward(&attn)?)?;
-        let y = self.rms_norm(&x, &layer.post_norm, exec)?;
+        let y = self.rms_norm(&x, &layer.post_norm)?;
         let act = (layer.gate.forward(&y)?.silu()? * layer.up.forward(&y)?)?;
         Ok((x + layer.down.forward(&act)?)?)
     }
@@ -449,7 +426,8 @@ impl Transformer {
         ))?)
     }
 
-    /// Bidirectional pass over the whole sequence `ids` (B, L) at `positions` (L). Returns the
+    /// Pass over the whole sequence `ids` (B, L) at `positions` (L), bidirectional unless `bias`
+    /// masks it. Returns the
     /// final normalised hidden states (B, L, d) and, if `keep` is given, the keys/values of every
     /// position outside the active window (the infill context).
     pub fn forward_full(
@@ -458,15 +436,14 @@ impl Transformer {
         positions: &[u32],
         bias: Option<&Tensor>,
         keep: Option<ActiveWindow>,
-        exec: Exec,
     ) -> Result<(Tensor, Option<ContextKv>)> {
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
         let l = positions.len();
         let mut ctx = Vec::new();
         for layer in &self.layers {
-            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
-            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            let y = self.rms_norm(&x, &layer.input_norm)?;
+            let (q, kv) = self.qkv(layer, &y, &rope)?;
             if let Some(w) = keep {
                 let end = w.start + w.len;
                 let take = |t: &Tensor| -> Result<Tensor> {
@@ -486,15 +463,16 @@ impl Transformer {
                     v: take(&kv.v)?,
                 });
             }
-            let attn = self.attend(&q, &[(&kv, bias)], exec)?;
-            x = self.finish_layer(layer, &x, &attn, exec)?;
+            let attn = self.attend(&q, &[(&kv, bias)])?;
+            x = self.finish_layer(layer, &x, &attn)?;
         }
-        let h = self.rms_norm(&x, &self.norm, exec)?;
+        let h = self.rms_norm(&x, &self.norm)?;
         Ok((h, keep.map(|_| ContextKv { layers: ctx })))
     }
 
     /// Only the active tokens `ids` (B, n) at `positions` (n): they attend to the cached context
-    /// and to each other. Context keys/values are not updated (approximate, refreshed by the caller).
+    /// and to each other. Context keys/values are not updated: approximate when the context
+    /// attends to the span (bidirectional layout, refreshed by the caller), exact when it is causal.
     pub fn forward_span(&self, ids: &Tensor, positions: &[u32], ctx: &ContextKv) -> Result<Tensor> {
         Ok(self.forward_span_kv(ids, positions, ctx, false)?.0)
     }
@@ -508,32 +486,32 @@ impl Transformer {
         ctx: &ContextKv,
         keep: bool,
     ) -> Result<(Tensor, Option<ContextKv>)> {
-        let exec = Exec::Infer;
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
         let mut own = Vec::new();
         for (layer, ctx_kv) in self.layers.iter().zip(&ctx.layers) {
-            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
-            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            let y = self.rms_norm(&x, &layer.input_norm)?;
+            let (q, kv) = self.qkv(layer, &y, &rope)?;
             let attn = if ctx_kv.k.dim(2)? == 0 {
-                self.attend(&q, &[(&kv, None)], exec)?
+                self.attend(&q, &[(&kv, None)])?
             } else {
-                self.attend(&q, &[(ctx_kv, None), (&kv, None)], exec)?
+                self.attend(&q, &[(ctx_kv, None), (&kv, None)])?
             };
             if keep {
                 own.push(kv);
             }
-            x = self.finish_layer(layer, &x, &attn, exec)?;
+            x = self.finish_layer(layer, &x, &attn)?;
         }
         Ok((
-            self.rms_norm(&x, &self.norm, exec)?,
+            self.rms_norm(&x, &self.norm)?,
             keep.then_some(ContextKv { layers: own }),
         ))
     }
 
-    /// Causal decoding step(s) for the autoregressive baseline: `ids` (1, L) continue the cache.
+    /// Causal pass of `ids` (1, L) continuing the cache (positions `cache.len..`): the hidden
+    /// states (1, L, d) of the new tokens. The `spm_block` infill context, and decoding steps
+    /// of the autoregressive baseline.
     pub fn forward_causal(&self, ids: &Tensor, cache: &mut CausalCache) -> Result<Tensor> {
-        let exec = Exec::Infer;
         let (_, l) = ids.dims2()?;
         let start = cache.len;
         let positions: Vec<u32> = (start as u32..(start + l) as u32).collect();
@@ -548,11 +526,11 @@ impl Transformer {
         }
         let mut x = self.embed(ids)?;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let y = self.rms_norm(&x, &layer.input_norm, exec)?;
-            let (q, kv) = self.qkv(layer, &y, &rope, exec)?;
+            let y = self.rms_norm(&x, &layer.input_norm)?;
+            let (q, kv) = self.qkv(layer, &y, &rope)?;
             let attn = match slot.as_ref() {
-                Some(past) => self.attend(&q, &[(past, None), (&kv, causal.as_ref())], exec)?,
-                None => self.attend(&q, &[(&kv, causal.as_ref())], exec)?,
+                Some(past) => self.attend(&q, &[(past, None), (&kv, causal.as_ref())])?,
+                None => self.attend(&q, &[(&kv, causal.as_ref())])?,
             };
             *slot = Some(match slot.take() {
                 Some(past) => KvBlock {
@@ -561,10 +539,10 @@ impl Transformer {
                 },
                 None => kv,
             });
-            x = self.finish_layer(layer, &x, &attn, exec)?;
+            x = self.finish_layer(layer, &x, &attn)?;
         }
         cache.len += l;
-        self.rms_norm(&x, &self.norm, exec)
+        self.rms_norm(&x, &self.norm)
     }
 
     /// Logits for hidden states (..., d) → (..., vocab). Callers pass only the rows they need:
@@ -588,7 +566,7 @@ impl Transformer {
             Some(m) => Some(padding_bias(m)?),
             None => None,
         };
-        let (h, _) = self.forward_full(ids, &positions, bias.as_ref(), None, Exec::Infer)?;
+        let (h, _) = self.forward_full(ids, &positions, bias.as_ref(), None)?;
         let logits = self.logits(&h)?;
         Ok(match self.cfg.logits {
             crate::config::LogitsConvention::InPlace => logits,

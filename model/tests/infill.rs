@@ -352,3 +352,52 @@ fn a_commit_window_of_one_decodes_left_to_right() {
     assert!(!run(None), "confidence order alone commits out of order");
     assert!(run(Some(1)));
 }
+
+/// The trainer's `spm_block` fixture: the causal context, the span pass over its K/V and the
+/// first span position read from the context's last position, end to end; a cached request
+/// after an edit continues the cached context and decodes exactly what a fresh one does.
+#[test]
+fn spm_block_infill_runs_and_a_cached_request_equals_a_fresh_one() {
+    let lm = DiffusionLm::load_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer-spm"),
+    )
+    .unwrap();
+    let params = SamplerParams {
+        steps: 4,
+        candidates: 2,
+        ..Default::default()
+    };
+    let req = request(&lm, 12, params.clone());
+    let out = lm.infill(&req, &mut NoHook).unwrap();
+    assert!(!out.completions.is_empty());
+    assert!(!out.completions[0].text.is_empty());
+    assert_eq!(out.stats.full_passes, 1, "one causal context pass");
+    assert_eq!(
+        out.stats.context_tokens,
+        req.prefix.len() + req.suffix.len() + 2
+    );
+
+    let mut cache = model::ContextCache::default();
+    lm.infill_with_cache(&req, &mut NoHook, &mut cache).unwrap();
+    for edit in ["prefix", "suffix"] {
+        let mut edited = request(&lm, 12, params.clone());
+        match edit {
+            "prefix" => edited.prefix.extend(lm.encode("let").unwrap()),
+            _ => edited.suffix.insert(1, edited.suffix[0]),
+        }
+        let cached = lm
+            .infill_with_cache(&edited, &mut NoHook, &mut cache)
+            .unwrap();
+        assert!(cached.stats.context_reused, "{edit}");
+        assert_eq!(cached.stats.full_passes, 0, "{edit}");
+        let fresh = lm.infill(&edited, &mut NoHook).unwrap();
+        let tokens = |o: &model::InfillOutput| {
+            o.completions
+                .iter()
+                .map(|c| c.tokens.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(tokens(&cached), tokens(&fresh), "{edit}");
+    }
+    assert_eq!((cache.reused, cache.rebuilt), (2, 1));
+}

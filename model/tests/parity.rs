@@ -1,11 +1,13 @@
-//! Parity with the reference implementation (transformers' Qwen2 under a bidirectional mask) on
-//! tiny random-weight checkpoints, and consistency of the cached infilling path with full passes.
+//! Parity with the reference implementations (transformers' Qwen2 under a bidirectional mask,
+//! and the PyTorch trainer's own model in train/) on tiny random-weight checkpoints, and
+//! consistency of the cached infilling paths with full passes.
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use model::transformer::{ActiveWindow, Exec};
-use model::{DiffusionLm, ModelError};
+use model::layout::SpmBlock;
+use model::transformer::{ActiveWindow, CausalCache};
+use model::{ContextCache, DiffusionLm, ModelError};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,14 +15,45 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn reference(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+/// Compares rows of full-vocabulary logits with the reference's: every column, or (trainer
+/// fixtures, which store `cols` columns) the first `cols` and the logsumexp over all of them.
+fn assert_rows_match(name: &str, got: &[Vec<Vec<f32>>], reference: &serde_json::Value) {
+    let expected: Vec<Vec<Vec<f32>>> = serde_json::from_value(reference["logits"].clone()).unwrap();
+    let cols = reference["cols"].as_u64().map(|c| c as usize);
+    let lse: Option<Vec<Vec<f32>>> = serde_json::from_value(reference["logsumexp"].clone()).ok();
+    assert_eq!(got.len(), expected.len(), "{name}: batch");
+    let (mut max_diff, mut max_lse_diff) = (0f32, 0f32);
+    for (b, (gb, eb)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(gb.len(), eb.len(), "{name}: rows");
+        for (i, (gr, er)) in gb.iter().zip(eb).enumerate() {
+            assert_eq!(cols.unwrap_or(gr.len()), er.len(), "{name}: columns");
+            for (g, e) in gr.iter().zip(er) {
+                max_diff = max_diff.max((g - e).abs());
+            }
+            if let Some(lse) = &lse {
+                let max = gr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = gr.iter().map(|&x| ((x - max) as f64).exp()).sum();
+                let got_lse = max + sum.ln() as f32;
+                max_lse_diff = max_lse_diff.max((got_lse - lse[b][i]).abs());
+            }
+        }
+    }
+    assert!(max_diff <= 1e-4, "{name}: max |Δlogits| = {max_diff}");
+    assert!(
+        max_lse_diff <= 1e-4,
+        "{name}: max |Δlogsumexp| = {max_lse_diff}"
+    );
+}
+
 fn check_parity(name: &str) {
     let dir = fixture(name);
     let lm = DiffusionLm::load_dir(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
-    let expected: Vec<Vec<Vec<f32>>> = serde_json::from_value(reference["logits"].clone()).unwrap();
     let (b, l) = (ids.len(), ids[0].len());
     let flat: Vec<u32> = ids.concat();
     let ids = Tensor::from_vec(flat, (b, l), &Device::Cpu).unwrap();
@@ -30,17 +63,7 @@ fn check_parity(name: &str) {
         .unwrap()
         .to_vec3()
         .unwrap();
-    let mut max_diff = 0f32;
-    for (gb, eb) in got.iter().zip(&expected) {
-        assert_eq!(gb.len(), eb.len());
-        for (gr, er) in gb.iter().zip(eb) {
-            assert_eq!(gr.len(), er.len(), "{name}: vocab");
-            for (g, e) in gr.iter().zip(er) {
-                max_diff = max_diff.max((g - e).abs());
-            }
-        }
-    }
-    assert!(max_diff <= 1e-4, "{name}: max |Δlogits| = {max_diff}");
+    assert_rows_match(name, &got, &reference);
 }
 
 #[test]
@@ -58,6 +81,150 @@ fn parity_dream_shifted_f16() {
     check_parity("dream-shifted");
 }
 
+#[test]
+fn parity_trainer_inplace() {
+    check_parity("trainer-inplace");
+}
+
+#[test]
+fn parity_trainer_shifted_f16() {
+    check_parity("trainer-shifted");
+}
+
+fn one_row(ids: &[u32]) -> Tensor {
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// The spm_block fixture: rows 0..c from the causal context pass, rows c.. from the span pass
+/// over the context K/V as the sampler runs it (row c from the context's last position).
+#[test]
+fn parity_trainer_spm_block_f16_sharded() {
+    let dir = fixture("trainer-spm");
+    let lm = DiffusionLm::load_dir(&dir).unwrap();
+    let m = lm.transformer();
+    let reference = reference(&dir);
+    assert_eq!(reference["layout"], "spm_block");
+    assert_eq!(m.config().infill_layout, model::InfillLayout::SpmBlock);
+    let c = reference["context_len"].as_u64().unwrap() as usize;
+    let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+    let got: Vec<Vec<Vec<f32>>> = ids
+        .iter()
+        .map(|row| {
+            let (context, span) = row.split_at(c);
+            let h = m
+                .forward_causal(&one_row(context), &mut CausalCache::default())
+                .unwrap();
+            let raw: Vec<Vec<f32>> = m.logits(&h).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+            // Shifted: row i comes from position i-1; row 0 repeats raw row 0.
+            let mut rows = vec![raw[0].clone()];
+            rows.extend_from_slice(&raw[..c - 1]);
+            let spm = SpmBlock::new(m, context.to_vec(), None).unwrap();
+            let span_rows: Vec<Vec<f32>> = spm
+                .span_logits(m, &one_row(span))
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            rows.extend(span_rows);
+            rows
+        })
+        .collect();
+    assert_rows_match("trainer-spm", &got, &reference);
+}
+
+/// Causal K/V of the leading tokens two contexts share are exact, so continuing the cached ones
+/// gives what a fresh pass gives, whichever part of the context changed.
+#[test]
+fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
+    let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
+    let m = lm.transformer();
+    let fim = lm.tokenizer().special.fim.unwrap();
+    let mask = lm.tokenizer().special.mask;
+    let context = |prefix: &str, suffix: &str| {
+        SpmBlock::context_tokens(
+            fim,
+            &lm.encode(prefix).unwrap(),
+            &lm.encode(suffix).unwrap(),
+        )
+    };
+    let prefix = "fn add(a: u32, b: u32) -> u32 {\n    let sum = a + b;\n    ";
+    let suffix = "\n    sum\n}\n";
+    let span_ids = [mask, mask, 267, mask, mask, 0];
+    let span = Tensor::new(&[span_ids, span_ids], &Device::Cpu).unwrap();
+    let mut cache = ContextCache::default();
+    let first = context(prefix, suffix);
+    SpmBlock::new(m, first.clone(), Some(&mut cache))
+        .unwrap()
+        .keep(&mut cache);
+    let edits = [
+        ("same request", first.clone()),
+        (
+            "edit in the prefix",
+            context(
+                "fn add(a: u32, b: u32) -> u32 {\n    let total = a + b;\n    ",
+                suffix,
+            ),
+        ),
+        ("edit in the suffix", context(prefix, "\n    sum + 1\n}\n")),
+        ("last token deleted", first[..first.len() - 1].to_vec()),
+    ];
+    for (what, tokens) in edits {
+        let cached = SpmBlock::new(m, tokens.clone(), Some(&mut cache)).unwrap();
+        assert!(cached.reused_tokens() > 0, "{what}: nothing reused");
+        assert!(cached.reused_tokens() < tokens.len(), "{what}");
+        let fresh = SpmBlock::new(m, tokens, None).unwrap();
+        let got: Vec<f32> = cached
+            .span_logits(m, &span)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = fresh
+            .span_logits(m, &span)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff <= 1e-4, "{what}: max |Δlogits| = {max_diff}");
+        cached.keep(&mut cache);
+    }
+    assert_eq!((cache.reused, cache.rebuilt), (4, 1));
+}
+
+#[test]
+fn spm_block_without_sentinel_tokens_is_a_typed_error() {
+    let src = fixture("trainer-spm");
+    let tmp = std::env::temp_dir().join(format!("dlm-no-fim-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("fim_prefix_token_id");
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    // A tokenizer without `<|fim_prefix|>` to fall back on.
+    std::fs::copy(
+        fixture("qwen2-gqa-untied").join("tokenizer.json"),
+        tmp.join("tokenizer.json"),
+    )
+    .unwrap();
+    let err = DiffusionLm::load_dir(&tmp).err().unwrap();
+    std::fs::remove_dir_all(&tmp).ok();
+    assert!(
+        matches!(err, ModelError::Tokenizer { .. }) && err.to_string().contains("fim_prefix"),
+        "{err}"
+    );
+}
+
 /// The span-only pass over cached context K/V equals a full pass when the context was computed
 /// with the same span contents (so a refresh every step is exact).
 #[test]
@@ -73,7 +240,7 @@ fn cached_span_pass_matches_full_pass() {
             .unsqueeze(0)
             .unwrap();
         let (full, ctx) = m
-            .forward_full(&ids, &positions, None, Some(window), Exec::Infer)
+            .forward_full(&ids, &positions, None, Some(window))
             .unwrap();
         let ctx = ctx.unwrap();
         assert_eq!(ctx.len(), 21);
@@ -167,13 +334,7 @@ fn shifted_keys_equal_keys_computed_at_the_new_positions() {
         let at = |start: u32| {
             let pos: Vec<u32> = (start..start + 12).collect();
             let (_, empty) = m
-                .forward_full(
-                    &ids,
-                    &pos,
-                    None,
-                    Some(ActiveWindow { start: 0, len: 12 }),
-                    Exec::Infer,
-                )
+                .forward_full(&ids, &pos, None, Some(ActiveWindow { start: 0, len: 12 }))
                 .unwrap();
             m.forward_span_kv(&ids, &pos, &empty.unwrap(), true)
                 .unwrap()

@@ -126,14 +126,15 @@ pub fn complete(
     if let Some(n) = req.span_len {
         plan.span_len = n.max(1);
     }
-    // The model has a trained length (RoPE does not extrapolate far past it): span and context
-    // share it.
+    // The model has a trained length (RoPE does not extrapolate far past it): span, context and
+    // the layout's sentinel tokens share it.
     let max_positions = lm.config().max_position_embeddings;
     plan.span_len = plan.span_len.min(max_positions / 2).max(1);
+    let sentinels = lm.config().infill_layout.sentinel_tokens();
     let budget = req
         .settings
         .context_tokens
-        .min(max_positions - plan.span_len);
+        .min(max_positions.saturating_sub(plan.span_len + sentinels));
     let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify {
@@ -220,4 +221,66 @@ pub fn complete(
         items,
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> DiffusionLm {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../model/tests/fixtures")
+            .join(name);
+        DiffusionLm::load_dir(&dir).unwrap()
+    }
+
+    fn complete_at(
+        lm: &DiffusionLm,
+        text: &str,
+        cursor: usize,
+        cache: &mut ContextCache,
+    ) -> Answer {
+        let req = Request {
+            snapshot: Snapshot::from_text(
+                "file:///main.rs",
+                crate::language::by_language_id("rust"),
+                text,
+            ),
+            target: Target::Cursor(cursor),
+            settings: Settings::default(),
+            span_len: None,
+            cancel: CancelToken::default(),
+        };
+        complete(lm, &req, Some(cache)).unwrap()
+    }
+
+    /// Completing at the end of a file, typing `f` there and completing again: both suffixes
+    /// are empty, so they share no tokens while the span moved, and re-rotating the empty block
+    /// of shared suffix keys panicked in candle's rope ("chunk_size must not be zero").
+    #[test]
+    fn typing_at_the_end_of_the_file_does_not_panic_in_shift_keys() {
+        let lm = fixture("qwen2-gqa-untied");
+        let mut cache = ContextCache::default();
+        let text = "fn main() {\n    let x = 1;\n}\n";
+        complete_at(&lm, text, text.len(), &mut cache);
+        let typed = format!("{text}f");
+        complete_at(&lm, &typed, typed.len(), &mut cache);
+        assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+
+    /// An `spm_block` model's context holds two sentinels besides prefix and suffix; the
+    /// windows leave room for them within the model's positions.
+    #[test]
+    fn spm_block_windows_leave_room_for_the_sentinels() {
+        let lm = fixture("trainer-spm");
+        let max = lm.config().max_position_embeddings;
+        let line = "    let value = compute(value, 42);\n";
+        let mut cache = ContextCache::default();
+        for lines in 1..12 {
+            let half = line.repeat(lines);
+            let text = format!("fn main() {{\n{half}\n{half}}}\n");
+            let answer = complete_at(&lm, &text, text.len() / 2, &mut cache);
+            assert!(answer.stats.context_tokens + answer.stats.span_len <= max);
+        }
+    }
 }
