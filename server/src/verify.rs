@@ -110,7 +110,14 @@ impl Site {
             }
         };
         let deadline = Instant::now() + CHECK_PARSE_BUDGET;
-        parse_bounded(&mut self.parser, &mut read, Some(&tree), deadline, self.cancel.as_ref()).ok()
+        parse_bounded(
+            &mut self.parser,
+            &mut read,
+            Some(&tree),
+            deadline,
+            self.cancel.as_ref(),
+        )
+        .ok()
     }
 
     /// Errors of the spliced file that the baseline does not have, as byte ranges relative to
@@ -252,10 +259,7 @@ impl<'a> Verifier<'a> {
                 remask.extend((0..limit).filter(|&i| visible_pos(i) && overlaps(i, e)));
             }
             if remask.is_empty() {
-                let structural = |i: usize| {
-                    view.text[view.token_ranges[i].clone()]
-                        .contains(['(', ')', '[', ']', '{', '}', '"', '\''])
-                };
+                let structural = |i: usize| structural(view.text, view.token_ranges[i].clone());
                 remask.extend((0..limit).filter(|&i| visible_pos(i) && structural(i)));
             }
             if remask.is_empty() {
@@ -269,6 +273,15 @@ impl<'a> Verifier<'a> {
         self.stats.remasked += remask.len();
         Verdict::Remask(remask.into_iter().collect())
     }
+}
+
+/// Whether a token's text carries a bracket or a quote. By bytes: a byte-level token may end
+/// inside a multi-byte character of the decoded text (a `str` slice there panicked on the model
+/// thread in the soak).
+fn structural(text: &str, range: Range<usize>) -> bool {
+    text.as_bytes()
+        .get(range)
+        .is_some_and(|b| b.iter().any(|c| b"()[]{}\"'".contains(c)))
 }
 
 /// Byte offsets in the step text where masked positions sit (between their neighbours' text).
@@ -373,6 +386,15 @@ mod tests {
         "fn main() {\n    let x = $0;\n    println!(\"{x}\");\n}\n\nfn other( {\n    let = ;\n}\n";
 
     #[test]
+    fn token_ranges_inside_a_character_do_not_panic() {
+        let text = "x(é)";
+        assert!(structural(text, 0..2));
+        assert!(!structural(text, 2..3), "inside `é`");
+        assert!(structural(text, 3..5));
+        assert!(!structural(text, 4..9), "past the end");
+    }
+
+    #[test]
     fn clean_candidate_is_kept() {
         for doc in [DOC, BROKEN] {
             let (v, stats) = run(doc, &[Some("foo"), Some("("), Some("1"), Some(")")], true);
@@ -460,7 +482,10 @@ mod tests {
     #[test]
     fn a_cancelled_check_fails_closed() {
         // Long enough that the parser reaches its progress check.
-        let doc = format!("fn main() {{\n    let x = $0;\n{}}}\n", "    f(1, \"a\");\n".repeat(5000));
+        let doc = format!(
+            "fn main() {{\n    let x = $0;\n{}}}\n",
+            "    f(1, \"a\");\n".repeat(5000)
+        );
         let token = CancelToken::default();
         let mut s = site(&doc).cancelled_by(token.clone());
         assert!(s.new_errors("1").is_empty());
