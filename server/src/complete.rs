@@ -32,10 +32,7 @@ impl StepHook for PanicAfterFirstStep<'_, '_> {
 
 fn test_panic_requested(snap: &Snapshot) -> bool {
     std::env::var_os("DIFFUSION_LS_TEST_PANIC").is_some()
-        && snap
-            .rope
-            .chunks()
-            .any(|c| c.contains(MODEL_PANIC_MARKER))
+        && snap.rope.chunks().any(|c| c.contains(MODEL_PANIC_MARKER))
 }
 
 pub struct Request {

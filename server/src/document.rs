@@ -382,7 +382,10 @@ mod tests {
         // The job parsed version 1; version 2 is still due.
         assert!(doc.finish_parse(job.run(DOCUMENT_PARSE_BUDGET)));
         assert_eq!(doc.syntax(), SyntaxState::Pending);
-        assert_eq!(doc.tree().unwrap().root_node().end_byte(), doc.rope.len_bytes());
+        assert_eq!(
+            doc.tree().unwrap().root_node().end_byte(),
+            doc.rope.len_bytes()
+        );
         doc.parse_now(DOCUMENT_PARSE_BUDGET);
         let tree = doc.snapshot("x").tree.expect("a current tree");
         assert_eq!(tree.root_node().named_child_count(), 2);
@@ -409,7 +412,10 @@ mod tests {
         assert!(doc.snapshot("x").tree.is_none());
         doc.apply_changes(&[change(0, 0, 0, 0, "x")], 2, Encoding::Utf8)
             .unwrap();
-        assert!(doc.take_parse_job().is_none(), "no retry on every keystroke");
+        assert!(
+            doc.take_parse_job().is_none(),
+            "no retry on every keystroke"
+        );
         let full = TextChange {
             range: None,
             text: "fn a() {}".into(),

@@ -324,8 +324,7 @@ impl Backend {
             st.inflight.remove(key);
         }
         // A result computed for an older version of the document is of no use.
-        if st.docs.get(key).map(|d| d.generation) != Some(snap.generation) || token.is_cancelled()
-        {
+        if st.docs.get(key).map(|d| d.generation) != Some(snap.generation) || token.is_cancelled() {
             return Ok(None);
         }
         if !answer.items.is_empty() {
