@@ -135,7 +135,8 @@ pub fn complete(
     let window = context::window(&snap.rope, &plan.replace, budget, &|s| lm.encode(s))?;
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify {
-        Site::new(snap, plan.replace.clone()).map(|s| s.cancelled_by(req.cancel.clone()))
+        Site::new(snap, plan.replace.clone())
+            .map(|s| s.bounded(req.cancel.clone(), crate::syntax::REQUEST_VERIFY_BUDGET))
     } else {
         None
     };

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model::{StepHook, StepView, Verdict};
 use tree_sitter::{InputEdit, Parser, Point, Tree};
@@ -38,8 +38,10 @@ pub struct Site {
     tree: Tree,
     baseline: HashSet<SyntaxError>,
     parser: Parser,
-    /// Stops a check parse of a cancelled request (see [`Site::cancelled_by`]).
+    /// Stops the check parses of a cancelled request, and all of them past a deadline (see
+    /// [`Site::bounded`]).
     cancel: Option<CancelToken>,
+    deadline: Option<Instant>,
 }
 
 impl Site {
@@ -76,12 +78,14 @@ impl Site {
             baseline,
             parser,
             cancel: None,
+            deadline: None,
         })
     }
 
-    /// Check parses stop (and count as failed) once `cancel` is set.
-    pub fn cancelled_by(mut self, cancel: CancelToken) -> Site {
+    /// Check parses stop (and count as failed) once `cancel` is set, and `total` after now.
+    pub fn bounded(mut self, cancel: CancelToken, total: Duration) -> Site {
         self.cancel = Some(cancel);
+        self.deadline = Some(Instant::now() + total);
         self
     }
 
@@ -109,7 +113,10 @@ impl Site {
                 &[]
             }
         };
-        let deadline = Instant::now() + CHECK_PARSE_BUDGET;
+        let mut deadline = Instant::now() + CHECK_PARSE_BUDGET;
+        if let Some(d) = self.deadline {
+            deadline = deadline.min(d);
+        }
         parse_bounded(
             &mut self.parser,
             &mut read,
@@ -487,9 +494,12 @@ mod tests {
             "    f(1, \"a\");\n".repeat(5000)
         );
         let token = CancelToken::default();
-        let mut s = site(&doc).cancelled_by(token.clone());
+        let mut s = site(&doc).bounded(token.clone(), Duration::from_secs(60));
         assert!(s.new_errors("1").is_empty());
         token.cancel();
+        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        // Past the request's verification budget every check fails closed.
+        let mut s = site(&doc).bounded(CancelToken::default(), Duration::ZERO);
         assert_eq!(s.new_errors("\"1\""), [0..3]);
     }
 
