@@ -30,6 +30,10 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+    /// Whether a request still holds this token besides the caller.
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
     /// Whether both handles belong to the same request.
     pub fn same(&self, other: &CancelToken) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

@@ -55,6 +55,9 @@ struct State {
     settings: Settings,
     /// Token of the latest completion request per document (a newer one cancels it).
     inflight: HashMap<String, CancelToken>,
+    /// Tokens of the fill / rewrite commands running on each document: an edit makes their
+    /// result useless, so it stops them.
+    commands: HashMap<String, Vec<CancelToken>>,
     last: HashMap<String, LastAnswer>,
     work_done_progress: bool,
     document_changes: bool,
@@ -111,6 +114,18 @@ fn pos(rope: &ropey::Rope, byte: usize, enc: Encoding) -> Position {
     Position::new(p.line, p.col)
 }
 
+impl State {
+    /// Stops the completion and the commands running on `key` (its text changed or closed).
+    fn cancel_work(&mut self, key: &str) {
+        if let Some(t) = self.inflight.remove(key) {
+            t.cancel();
+        }
+        for t in self.commands.remove(key).into_iter().flatten() {
+            t.cancel();
+        }
+    }
+}
+
 impl Backend {
     pub fn new(client: Client, cli_model: Option<PathBuf>) -> Backend {
         Backend {
@@ -121,6 +136,7 @@ impl Backend {
                 encoding: Encoding::Utf16,
                 settings: Settings::default(),
                 inflight: HashMap::new(),
+                commands: HashMap::new(),
                 last: HashMap::new(),
                 work_done_progress: false,
                 document_changes: false,
@@ -505,22 +521,26 @@ impl Backend {
         uri: Uri,
         target: impl FnOnce(&ropey::Rope, Encoding) -> Result<Target>,
     ) -> Result<Option<Value>> {
+        let token = CancelToken::default();
         let (mut snap, target, settings, enc, document_changes) = {
-            let st = self.state();
+            let mut st = self.state();
             let doc = st
                 .docs
                 .get(uri.as_str())
                 .ok_or_else(|| invalid("unknown document"))?;
             let target = target(&doc.rope, st.encoding)?;
-            (
+            let taken = (
                 doc.snapshot(uri.as_str()),
                 target,
                 st.settings.clone(),
                 st.encoding,
                 st.document_changes,
-            )
+            );
+            let running = st.commands.entry(uri.as_str().to_string()).or_default();
+            running.retain(CancelToken::in_use);
+            running.push(token.clone());
+            taken
         };
-        let token = CancelToken::default();
         let _guard = CancelOnDrop(token.clone());
         if !self.current_tree(&mut snap).await {
             return Ok(Some(
@@ -534,10 +554,13 @@ impl Backend {
             span_len: None,
             cancel: token.clone(),
         };
-        let Some(answer) = self.run_model(req, token).await? else {
-            return Ok(Some(
-                json!({ "applied": false, "reason": "no model answer" }),
-            ));
+        let Some(answer) = self.run_model(req, token.clone()).await? else {
+            let reason = if token.is_cancelled() {
+                "the document changed"
+            } else {
+                "no model answer"
+            };
+            return Ok(Some(json!({ "applied": false, "reason": reason })));
         };
         let Some(best) = answer.items.first() else {
             return Ok(Some(
@@ -707,6 +730,9 @@ impl LanguageServer for Backend {
         for (_, t) in st.inflight.drain() {
             t.cancel();
         }
+        for t in st.commands.drain().flat_map(|(_, v)| v) {
+            t.cancel();
+        }
         Ok(())
     }
 
@@ -724,9 +750,7 @@ impl LanguageServer for Backend {
         st.docs.insert(key.clone(), doc);
         // A reopened document's previous answer is of another text.
         st.last.remove(&key);
-        if let Some(t) = st.inflight.remove(&key) {
-            t.cancel();
-        }
+        st.cancel_work(&key);
         self.schedule_parse(&mut st, &key);
     }
 
@@ -753,9 +777,7 @@ impl LanguageServer for Backend {
             );
         }
         // Work for the previous version would be thrown away: stop it now.
-        if let Some(t) = st.inflight.remove(key) {
-            t.cancel();
-        }
+        st.cancel_work(key);
         self.schedule_parse(&mut st, key);
     }
 
@@ -764,9 +786,7 @@ impl LanguageServer for Backend {
         let mut st = self.state();
         st.docs.remove(key);
         st.last.remove(key);
-        if let Some(t) = st.inflight.remove(key) {
-            t.cancel();
-        }
+        st.cancel_work(key);
         self.syntax_changed.send_modify(|n| *n += 1);
     }
 
