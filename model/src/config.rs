@@ -81,6 +81,9 @@ pub struct Config {
     pub fim_suffix_token_id: Option<u32>,
 }
 
+/// Largest `max_position_embeddings` accepted: positions are exact in f32 up to 2^24.
+pub const MAX_POSITIONS: usize = 1 << 24;
+
 /// The raw JSON: every field optional so that a missing one is reported by name.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
@@ -266,6 +269,17 @@ impl Config {
             if v == 0 {
                 return bad(field, "must be positive".into());
             }
+        }
+        // RoPE angles are computed from f32 positions, which stop being whole numbers past
+        // 2^24; a span and its context need at least two positions.
+        if !(2..=MAX_POSITIONS).contains(&self.max_position_embeddings) {
+            return bad(
+                "max_position_embeddings",
+                format!(
+                    "{} is outside 2..={MAX_POSITIONS}",
+                    self.max_position_embeddings
+                ),
+            );
         }
         Ok(())
     }

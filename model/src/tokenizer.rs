@@ -75,6 +75,19 @@ impl Tokenizer {
             .or(cfg.eos_token_id)
             .or_else(|| by_name(END_NAMES))
             .ok_or_else(|| missing("pad"))?;
+        // An id past the embedding table would fail in the middle of a request instead.
+        if let Some(max) = inner.get_vocab(true).values().max() {
+            if *max as usize >= cfg.vocab_size {
+                return Err(ModelError::Tokenizer {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "token id {max} is past the model's vocab_size {} (a tokenizer of \
+                         another model?)",
+                        cfg.vocab_size
+                    ),
+                });
+            }
+        }
         let fim_prefix = cfg
             .fim_prefix_token_id
             .or_else(|| inner.token_to_id("<|fim_prefix|>"));

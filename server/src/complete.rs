@@ -5,13 +5,35 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use model::{ContextCache, DiffusionLm, InfillRequest, SamplerParams};
+use model::{ContextCache, DiffusionLm, InfillRequest, SamplerParams, StepHook, StepView, Verdict};
 
 use crate::config::Settings;
 use crate::context::{self, Plan, SpanKind, Target};
 use crate::document::{Snapshot, MAX_SYNTAX_BYTES};
 use crate::engine::CancelToken;
 use crate::verify::{Site, Verifier, MAX_FINAL_RETRIES};
+
+/// Test hook: with `DIFFUSION_LS_TEST_PANIC` set, a request on a document that contains this
+/// text panics on the model thread after its first refinement step (the fault tests check that
+/// the request gets an error and the next one works).
+pub const MODEL_PANIC_MARKER: &str = "DIFFUSION_LS_MODEL_PANIC";
+
+/// The hook of [`MODEL_PANIC_MARKER`] requests.
+struct PanicAfterFirstStep<'a, 'b>(&'a mut Verifier<'b>);
+
+impl StepHook for PanicAfterFirstStep<'_, '_> {
+    fn after_step(&mut self, _: &StepView<'_>) -> Verdict {
+        panic!("test panic on the model thread ({MODEL_PANIC_MARKER})");
+    }
+    fn cancelled(&self) -> bool {
+        self.0.cancelled()
+    }
+}
+
+fn test_panic_requested(snap: &Snapshot) -> bool {
+    std::env::var_os("DIFFUSION_LS_TEST_PANIC").is_some()
+        && snap.rope.chunks().any(|c| c.contains(MODEL_PANIC_MARKER))
+}
 
 pub struct Request {
     pub snapshot: Snapshot,
@@ -129,6 +151,7 @@ pub fn complete(
     let window_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut site = if req.settings.verify {
         Site::new(snap, plan.replace.clone())
+            .map(|s| s.bounded(req.cancel.clone(), crate::syntax::REQUEST_VERIFY_BUDGET))
     } else {
         None
     };
@@ -145,11 +168,19 @@ pub fn complete(
             ..sampler_params(&req.settings)
         },
     };
-    let mut hook = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
-    let out = match cache {
-        Some(cache) => lm.infill_with_cache(&infill, &mut hook, cache)?,
-        None => lm.infill(&infill, &mut hook)?,
+    let mut verifier = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
+    let mut panicking;
+    let hook: &mut dyn StepHook = if test_panic_requested(snap) {
+        panicking = PanicAfterFirstStep(&mut verifier);
+        &mut panicking
+    } else {
+        &mut verifier
     };
+    let out = match cache {
+        Some(cache) => lm.infill_with_cache(&infill, hook, cache)?,
+        None => lm.infill(&infill, hook)?,
+    };
+    let hook = verifier;
     let vstats = hook.stats;
     let mut stats = Stats {
         span_len: plan.span_len,

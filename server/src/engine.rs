@@ -30,6 +30,10 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+    /// Whether a request still holds this token besides the caller.
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
     /// Whether both handles belong to the same request.
     pub fn same(&self, other: &CancelToken) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -211,6 +215,10 @@ impl Engine {
             }
             let r =
                 catch_unwind(AssertUnwindSafe(|| f(lm, caches))).map_err(|p| panic_message(&*p));
+            if r.is_err() {
+                // The job may have left a cache half-updated; the next request starts afresh.
+                *caches = Caches::default();
+            }
             let _ = reply.send(r);
         });
         match self.tx.try_send(Msg::Run(job)) {

@@ -1,7 +1,7 @@
 //! diffusion-ls: a language server that completes code with a masked-diffusion language model.
 //!
-//! Only [`lsp`] speaks JSON-RPC; the rest works on plain text, ropes and byte offsets so the
-//! CLI (`complete`, `eval`) runs the very same pipeline ([`complete::complete`]).
+//! Only [`lsp`] and [`service`] speak JSON-RPC; the rest works on plain text, ropes and byte
+//! offsets so the CLI (`complete`, `eval`) runs the very same pipeline ([`complete::complete`]).
 
 pub mod cli;
 pub mod complete;
@@ -14,6 +14,7 @@ pub mod language;
 pub mod lsp;
 pub mod position;
 pub mod reuse;
+pub mod service;
 pub mod syntax;
 pub mod transport;
 pub mod verify;

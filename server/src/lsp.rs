@@ -1,5 +1,5 @@
-//! The language server: LSP messages in, plain requests to the pipeline out. The only module
-//! that speaks JSON-RPC.
+//! The language server: LSP messages in, plain requests to the pipeline out. With
+//! [`crate::service`] (the tower service around it), the only code that speaks JSON-RPC.
 //!
 //! Built on `tower-lsp-server` 0.23, the maintained fork of tower-lsp: tower-lsp itself is
 //! unmaintained and pinned to an lsp-types without LSP 3.18 `inlineCompletion`, while the fork's
@@ -12,28 +12,33 @@
 //! its synchronous prefix, under a `std::sync::Mutex` that is never held across an `.await`, so
 //! edits apply strictly in arrival order and a request sees exactly the edits sent before it.
 //!
+//! Syntax: edits only change the rope and edit the old tree; reparses run on blocking threads
+//! ([`spawn_parses`]), and only a request that needs the tree of its exact text waits for one
+//! ([`Backend::current_tree`]), so one slow parse holds up no other request.
+//!
 //! Cancellation: a newer completion request for a document, any edit to it, and
 //! `$/cancelRequest` (which makes tower-lsp drop the handler's future) all set the request's
 //! [`CancelToken`], which the model checks between refinement steps.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_lsp_server::jsonrpc::{Error, Result};
 use tower_lsp_server::ls_types::*;
-use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+use tower_lsp_server::{Client, LanguageServer};
 
 use crate::complete::{self, Answer};
 use crate::config::Settings;
 use crate::context::{is_closing, Target};
-use crate::document::{Document, Snapshot, TextChange};
+use crate::document::{Document, ParseJob, Snapshot, SyntaxState, TextChange};
 use crate::engine::{CancelToken, Engine, EngineError, ModelSource, ModelStatus};
 use crate::position::{self, Encoding, LineCol};
 use crate::reuse::LastAnswer;
+use crate::service::{INITIALIZED, SHUTDOWN_REQUESTED};
 
 pub const ACCEPT_COMMAND: &str = "diffusion-ls.acceptCompletion";
 pub const FILL_COMMAND: &str = "diffusion-ls.fillSelection";
@@ -51,6 +56,9 @@ struct State {
     settings: Settings,
     /// Token of the latest completion request per document (a newer one cancels it).
     inflight: HashMap<String, CancelToken>,
+    /// Tokens of the fill / rewrite commands running on each document: an edit makes their
+    /// result useless, so it stops them.
+    commands: HashMap<String, Vec<CancelToken>>,
     last: HashMap<String, LastAnswer>,
     work_done_progress: bool,
     document_changes: bool,
@@ -59,7 +67,9 @@ struct State {
 
 pub struct Backend {
     client: Client,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// Bumped after every parse result and every edit: wakes requests waiting for a tree.
+    syntax_changed: Arc<tokio::sync::watch::Sender<u64>>,
     engine: Engine,
     /// `--model` on the command line; wins over `initializationOptions.model`.
     cli_model: Option<PathBuf>,
@@ -105,20 +115,34 @@ fn pos(rope: &ropey::Rope, byte: usize, enc: Encoding) -> Position {
     Position::new(p.line, p.col)
 }
 
+impl State {
+    /// Stops the completion and the commands running on `key` (its text changed or closed).
+    fn cancel_work(&mut self, key: &str) {
+        if let Some(t) = self.inflight.remove(key) {
+            t.cancel();
+        }
+        for t in self.commands.remove(key).into_iter().flatten() {
+            t.cancel();
+        }
+    }
+}
+
 impl Backend {
     pub fn new(client: Client, cli_model: Option<PathBuf>) -> Backend {
         Backend {
             client,
-            state: Mutex::new(State {
+            syntax_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            state: Arc::new(Mutex::new(State {
                 docs: HashMap::new(),
                 encoding: Encoding::Utf16,
                 settings: Settings::default(),
                 inflight: HashMap::new(),
+                commands: HashMap::new(),
                 last: HashMap::new(),
                 work_done_progress: false,
                 document_changes: false,
                 source: ModelSource::Default,
-            }),
+            })),
             engine: Engine::start(),
             cli_model,
         }
@@ -127,7 +151,48 @@ impl Backend {
     /// The state lock. A panic while holding it must not wedge the server, so poisoning is
     /// ignored (every mutation leaves the state consistent at each statement).
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
+    }
+
+    /// Starts the reparse `key` needs, if any (call under the state lock, after an edit).
+    fn schedule_parse(&self, st: &mut State, key: &str) {
+        if let Some(job) = st.docs.get_mut(key).and_then(Document::take_parse_job) {
+            spawn_parses(
+                self.state.clone(),
+                self.syntax_changed.clone(),
+                key.to_string(),
+                job,
+            );
+        }
+        self.syntax_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the document's syntax settles for `snap`'s text and puts its tree into the
+    /// snapshot. `false`: the document changed or closed meanwhile (the request is stale).
+    async fn current_tree(&self, snap: &mut Snapshot) -> bool {
+        let mut changed = self.syntax_changed.subscribe();
+        loop {
+            {
+                let st = self.state();
+                let Some(doc) = st.docs.get(&snap.uri) else {
+                    return false;
+                };
+                if doc.generation != snap.generation {
+                    return false;
+                }
+                match doc.syntax() {
+                    SyntaxState::Ready => {
+                        snap.tree = doc.snapshot(&snap.uri).tree;
+                        return true;
+                    }
+                    SyntaxState::Off(_) => return true,
+                    SyntaxState::Pending => {}
+                }
+            }
+            if changed.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     fn start_loading(&self, source: ModelSource, work_done_progress: bool) {
@@ -255,7 +320,8 @@ impl Backend {
         };
         let _guard = CancelOnDrop(token.clone());
         tokio::time::sleep(Duration::from_millis(settings.debounce_ms)).await;
-        if token.is_cancelled() {
+        let mut snap = snap;
+        if token.is_cancelled() || !self.current_tree(&mut snap).await || token.is_cancelled() {
             return Ok(None);
         }
         let req = complete::Request {
@@ -276,7 +342,7 @@ impl Backend {
             st.inflight.remove(key);
         }
         // A result computed for an older version of the document is of no use.
-        if st.docs.get(key).map(|d| d.version) != Some(snap.version) || token.is_cancelled() {
+        if st.docs.get(key).map(|d| d.generation) != Some(snap.generation) || token.is_cancelled() {
             return Ok(None);
         }
         if !answer.items.is_empty() {
@@ -322,9 +388,13 @@ impl Backend {
                 Ok(None)
             }
             Err(EngineError::Cancelled) => Ok(None),
+            // The worker survived (and dropped its caches); this request gets the error, the
+            // next one a fresh start.
             Err(e @ EngineError::Panicked(_)) => {
                 tracing::error!("{e}");
-                Ok(None)
+                let mut err = Error::internal_error();
+                err.message = format!("{e}").into();
+                Err(err)
             }
             Err(e) => {
                 tracing::debug!("no completion: {e}");
@@ -396,16 +466,33 @@ impl Backend {
         })
     }
 
-    /// Test/debug: the server's copy of a document.
-    pub async fn debug_document(&self, params: TextDocumentIdentifier) -> Result<Value> {
-        let st = self.state();
-        let doc = st
-            .docs
-            .get(params.uri.as_str())
-            .ok_or_else(|| invalid("unknown document"))?;
-        Ok(
-            json!({ "version": doc.version, "text": doc.rope.to_string(), "languageId": doc.language_id }),
-        )
+    /// Test/debug: the server's copy of a document and where its syntax tree stands
+    /// (`waitForSyntax`: once no parse is due any more).
+    pub async fn debug_document(&self, params: DebugDocumentParams) -> Result<Value> {
+        let mut changed = self.syntax_changed.subscribe();
+        loop {
+            {
+                let st = self.state();
+                let doc = st
+                    .docs
+                    .get(params.uri.as_str())
+                    .ok_or_else(|| invalid("unknown document"))?;
+                let syntax = match doc.syntax() {
+                    SyntaxState::Ready => "ready".to_string(),
+                    SyntaxState::Pending => "pending".to_string(),
+                    SyntaxState::Off(why) => format!("off: {why}"),
+                };
+                if !(params.wait_for_syntax && doc.syntax() == SyntaxState::Pending) {
+                    return Ok(json!({
+                        "version": doc.version, "text": doc.rope.to_string(),
+                        "languageId": doc.language_id, "syntax": syntax,
+                    }));
+                }
+            }
+            if changed.changed().await.is_err() {
+                return Err(Error::internal_error());
+            }
+        }
     }
 
     /// Test hook: panics inside a handler when `DIFFUSION_LS_TEST_PANIC` is set, so the tests can
@@ -436,23 +523,32 @@ impl Backend {
         uri: Uri,
         target: impl FnOnce(&ropey::Rope, Encoding) -> Result<Target>,
     ) -> Result<Option<Value>> {
-        let (snap, target, settings, enc, document_changes) = {
-            let st = self.state();
+        let token = CancelToken::default();
+        let (mut snap, target, settings, enc, document_changes) = {
+            let mut st = self.state();
             let doc = st
                 .docs
                 .get(uri.as_str())
                 .ok_or_else(|| invalid("unknown document"))?;
             let target = target(&doc.rope, st.encoding)?;
-            (
+            let taken = (
                 doc.snapshot(uri.as_str()),
                 target,
                 st.settings.clone(),
                 st.encoding,
                 st.document_changes,
-            )
+            );
+            let running = st.commands.entry(uri.as_str().to_string()).or_default();
+            running.retain(CancelToken::in_use);
+            running.push(token.clone());
+            taken
         };
-        let token = CancelToken::default();
         let _guard = CancelOnDrop(token.clone());
+        if !self.current_tree(&mut snap).await {
+            return Ok(Some(
+                json!({ "applied": false, "reason": "the document changed" }),
+            ));
+        }
         let req = complete::Request {
             snapshot: snap.clone(),
             target,
@@ -461,17 +557,20 @@ impl Backend {
             heal: true,
             cancel: token.clone(),
         };
-        let Some(answer) = self.run_model(req, token).await? else {
-            return Ok(Some(
-                json!({ "applied": false, "reason": "no model answer" }),
-            ));
+        let Some(answer) = self.run_model(req, token.clone()).await? else {
+            let reason = if token.is_cancelled() {
+                "the document changed"
+            } else {
+                "no model answer"
+            };
+            return Ok(Some(json!({ "applied": false, "reason": reason })));
         };
         let Some(best) = answer.items.first() else {
             return Ok(Some(
                 json!({ "applied": false, "reason": "no candidate survived" }),
             ));
         };
-        if self.state().docs.get(uri.as_str()).map(|d| d.version) != Some(snap.version) {
+        if self.state().docs.get(uri.as_str()).map(|d| d.generation) != Some(snap.generation) {
             return Ok(Some(
                 json!({ "applied": false, "reason": "the document changed" }),
             ));
@@ -514,6 +613,14 @@ impl Backend {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugDocumentParams {
+    uri: Uri,
+    #[serde(default)]
+    wait_for_syntax: bool,
+}
+
+#[derive(Deserialize)]
 struct FillArgs {
     uri: Uri,
     range: Range,
@@ -533,14 +640,17 @@ fn arg<T: serde::de::DeserializeOwned>(params: &ExecuteCommandParams) -> Result<
 
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
-        let utf8 = params
+        let offered = params
             .capabilities
             .general
             .as_ref()
-            .and_then(|g| g.position_encodings.as_ref())
-            .is_some_and(|e| e.contains(&PositionEncodingKind::UTF8));
-        let encoding = if utf8 {
+            .and_then(|g| g.position_encodings.clone())
+            .unwrap_or_default();
+        // UTF-8 matches the rope's bytes; UTF-32 its chars; UTF-16 is the mandatory fallback.
+        let encoding = if offered.contains(&PositionEncodingKind::UTF8) {
             Encoding::Utf8
+        } else if offered.contains(&PositionEncodingKind::UTF32) {
+            Encoding::Utf32
         } else {
             Encoding::Utf16
         };
@@ -568,12 +678,13 @@ impl LanguageServer for Backend {
         st.source =
             ModelSource::from_option(self.cli_model.clone().or_else(|| st.settings.model.clone()));
         tracing::info!(?encoding, settings = ?st.settings, source = ?st.source, "initialize");
+        INITIALIZED.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(InitializeResult {
             capabilities: ServerCapabilities {
-                position_encoding: Some(if utf8 {
-                    PositionEncodingKind::UTF8
-                } else {
-                    PositionEncodingKind::UTF16
+                position_encoding: Some(match encoding {
+                    Encoding::Utf8 => PositionEncodingKind::UTF8,
+                    Encoding::Utf16 => PositionEncodingKind::UTF16,
+                    Encoding::Utf32 => PositionEncodingKind::UTF32,
                 }),
                 text_document_sync: Some(TextDocumentSyncCapability::Options(
                     TextDocumentSyncOptions {
@@ -622,6 +733,9 @@ impl LanguageServer for Backend {
         for (_, t) in st.inflight.drain() {
             t.cancel();
         }
+        for t in st.commands.drain().flat_map(|(_, v)| v) {
+            t.cancel();
+        }
         Ok(())
     }
 
@@ -631,10 +745,16 @@ impl LanguageServer for Backend {
         tracing::debug!(
             uri = d.uri.as_str(),
             bytes = d.text.len(),
-            syntax = doc.tree().is_some(),
+            syntax = ?doc.syntax(),
             "open"
         );
-        self.state().docs.insert(d.uri.as_str().to_string(), doc);
+        let key = d.uri.as_str().to_string();
+        let mut st = self.state();
+        st.docs.insert(key.clone(), doc);
+        // A reopened document's previous answer is of another text.
+        st.last.remove(&key);
+        st.cancel_work(&key);
+        self.schedule_parse(&mut st, &key);
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
@@ -660,9 +780,8 @@ impl LanguageServer for Backend {
             );
         }
         // Work for the previous version would be thrown away: stop it now.
-        if let Some(t) = st.inflight.remove(key) {
-            t.cancel();
-        }
+        st.cancel_work(key);
+        self.schedule_parse(&mut st, key);
     }
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
@@ -670,9 +789,8 @@ impl LanguageServer for Backend {
         let mut st = self.state();
         st.docs.remove(key);
         st.last.remove(key);
-        if let Some(t) = st.inflight.remove(key) {
-            t.cancel();
-        }
+        st.cancel_work(key);
+        self.syntax_changed.send_modify(|n| *n += 1);
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
@@ -746,14 +864,19 @@ impl LanguageServer for Backend {
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
-        let st = self.state();
         let uri = &params.text_document.uri;
-        let Some(doc) = st.docs.get(uri.as_str()) else {
-            return Ok(None);
-        };
         let r = params.range;
-        let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding)
-            .map_err(invalid)?;
+        let (mut snap, chars) = {
+            let st = self.state();
+            let Some(doc) = st.docs.get(uri.as_str()) else {
+                return Ok(None);
+            };
+            let chars = position::to_char_range(&doc.rope, lc(r.start), lc(r.end), st.encoding)
+                .map_err(invalid)?;
+            (doc.snapshot(uri.as_str()), chars)
+        };
+        // "Rewrite function" needs the tree of this text (just opened: still being parsed).
+        self.current_tree(&mut snap).await;
         let mut actions = Vec::new();
         if !chars.is_empty() {
             actions.push(CodeActionOrCommand::CodeAction(CodeAction {
@@ -767,8 +890,8 @@ impl LanguageServer for Backend {
                 ..Default::default()
             }));
         }
-        let start = doc.rope.char_to_byte(chars.start);
-        let in_function = match (doc.tree(), doc.grammar()) {
+        let start = snap.rope.char_to_byte(chars.start);
+        let in_function = match (&snap.tree, snap.grammar) {
             (Some(tree), Some(g)) => crate::syntax::function_body(tree, g, start).is_some(),
             _ => false,
         };
@@ -821,102 +944,40 @@ impl LanguageServer for Backend {
     }
 }
 
-/// Wraps tower-lsp's service so that a panic in any handler becomes an internal-error response
-/// (or, for a notification, a log line) instead of unwinding through the message loop and
-/// taking the server down. The model thread has its own guard (see [`crate::engine`]).
-struct PanicGuard<S>(S);
-
-impl<S> tower_service::Service<tower_lsp_server::jsonrpc::Request> for PanicGuard<S>
-where
-    S: tower_service::Service<
-        tower_lsp_server::jsonrpc::Request,
-        Response = Option<tower_lsp_server::jsonrpc::Response>,
-    >,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: tower_lsp_server::jsonrpc::Request) -> Self::Future {
-        use futures::FutureExt;
-        let id = req.id().cloned();
-        let method = req.method().to_string();
-        let fut = self.0.call(req);
-        Box::pin(std::panic::AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
-            Ok(r) => r,
-            Err(p) => {
-                tracing::error!(%method, "handler panicked: {}", crate::engine::panic_message(&*p));
-                Ok(id.map(|id| {
-                    let mut e = Error::internal_error();
-                    e.message = format!("{method} failed: internal error").into();
-                    tower_lsp_server::jsonrpc::Response::from_error(id, e)
-                }))
-            }
-        }))
-    }
+/// The state lock. A panic while holding it must not wedge the server, so poisoning is ignored
+/// (every mutation leaves the state consistent at each statement).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn service(
-    cli_model: Option<PathBuf>,
-) -> (
-    PanicGuard<LspService<Backend>>,
-    tower_lsp_server::ClientSocket,
+/// Runs `job` and the reparses that edits made meanwhile call for, on a blocking thread, one at
+/// a time per document; installs each result and wakes the requests waiting for one.
+fn spawn_parses(
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    key: String,
+    job: ParseJob,
 ) {
-    let (service, socket) = LspService::build(|client| Backend::new(client, cli_model))
-        .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
-        .custom_method(DEBUG_DOCUMENT, Backend::debug_document)
-        .custom_method(DEBUG_STATUS, Backend::debug_status)
-        .custom_method("diffusionLs/debugPanic", Backend::debug_panic)
-        .custom_method(crate::transport::MALFORMED_METHOD, Backend::malformed)
-        .finish();
-    (PanicGuard(service), socket)
-}
-
-/// Set by `shutdown`: the process exit code is 0 only after it (LSP: `exit` without `shutdown`
-/// exits with 1).
-pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Handlers waiting on the model hold a slot of tower-lsp's concurrency limit (4 by default);
-/// more slots keep edits from queueing behind them.
-const CONCURRENCY: usize = 64;
-
-/// Serves LSP on stdin/stdout until `exit`.
-pub async fn serve_stdio(cli_model: Option<PathBuf>) {
-    let (service, socket) = service(cli_model);
-    Server::new(
-        crate::transport::guard(tokio::io::stdin()),
-        tokio::io::stdout(),
-        socket,
-    )
-    .concurrency_level(CONCURRENCY)
-    .serve(service)
-    .await;
-}
-
-/// Serves LSP to the first client that connects to `addr`, until `exit`.
-pub async fn serve_tcp(
-    addr: std::net::SocketAddr,
-    cli_model: Option<PathBuf>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("listening on {}", listener.local_addr()?);
-    let (stream, peer) = listener.accept().await?;
-    tracing::info!(%peer, "client connected");
-    let (read, write) = tokio::io::split(stream);
-    let (service, socket) = service(cli_model);
-    Server::new(crate::transport::guard(read), write, socket)
-        .concurrency_level(CONCURRENCY)
-        .serve(service)
-        .await;
-    Ok(())
+    tokio::task::spawn_blocking(move || {
+        let mut job = Some(job);
+        while let Some(j) = job.take() {
+            let parsed = j.run(crate::syntax::DOCUMENT_PARSE_BUDGET);
+            let elapsed = parsed.elapsed;
+            let mut st = lock(&state);
+            let Some(doc) = st.docs.get_mut(&key) else {
+                break; // closed meanwhile
+            };
+            if doc.finish_parse(parsed) {
+                job = doc.take_parse_job();
+            }
+            let syntax = doc.syntax();
+            drop(st);
+            if let SyntaxState::Off(why) = syntax {
+                tracing::warn!(uri = %key, ms = elapsed.as_millis() as u64, "syntax off: {why}");
+            } else if elapsed > Duration::from_millis(100) {
+                tracing::info!(uri = %key, ms = elapsed.as_millis() as u64, "slow parse");
+            }
+            changed.send_modify(|n| *n += 1);
+        }
+    });
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use diffusion_ls::{cli, eval, lsp};
+use diffusion_ls::{cli, eval, service};
 
 /// candle allocates on every op; mimalloc avoids glibc malloc's page-fault storm (see
 /// /work/shared/CANDLE-CPU-NOTES.md).
@@ -62,15 +62,15 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(async {
                 match cli.listen {
-                    Some(addr) => lsp::serve_tcp(addr, cli.model).await,
+                    Some(addr) => service::serve_tcp(addr, cli.model).await,
                     None => {
-                        lsp::serve_stdio(cli.model).await;
+                        service::serve_stdio(cli.model).await;
                         Ok(())
                     }
                 }
             })?;
             // The model thread may be mid-request; exit without waiting for it.
-            let clean = lsp::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed);
+            let clean = service::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed);
             std::process::exit(if clean { 0 } else { 1 });
         }
         Some(Command::Complete(mut args)) => {

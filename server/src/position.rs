@@ -1,6 +1,7 @@
 //! Converts editor positions (line, column in the negotiated encoding) to rope offsets and back.
 //!
-//! Columns are counted in UTF-8 bytes or UTF-16 code units, as negotiated in `initialize`.
+//! Columns are counted in UTF-8 bytes, UTF-16 code units or UTF-32 code points (chars), as
+//! negotiated in `initialize`.
 //! All UTF-16 arithmetic goes through ropey's char/utf16 conversions; this file only decides
 //! what to do with positions that do not fall on a character boundary.
 
@@ -10,9 +11,11 @@ use ropey::{Rope, RopeSlice};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Encoding {
     Utf8,
-    /// The LSP default, used whenever the client does not offer UTF-8.
+    /// The LSP default, used whenever the client offers neither UTF-8 nor UTF-32.
     #[default]
     Utf16,
+    /// Columns in chars: no position can fall inside a character.
+    Utf32,
 }
 
 /// A zero-based line and a zero-based column counted in the negotiated encoding.
@@ -97,6 +100,7 @@ pub fn to_char(rope: &Rope, pos: LineCol, enc: Encoding) -> Result<usize, Positi
                 c
             }
         }
+        Encoding::Utf32 => col.min(content),
     };
     Ok(start + char_col)
 }
@@ -129,6 +133,7 @@ pub fn from_char(rope: &Rope, char_idx: usize, enc: Encoding) -> LineCol {
     let col = match enc {
         Encoding::Utf16 => slice.char_to_utf16_cu(in_line),
         Encoding::Utf8 => slice.char_to_byte(in_line),
+        Encoding::Utf32 => in_line,
     };
     LineCol {
         line: line as u32,
@@ -179,6 +184,7 @@ mod tests {
             units += match enc {
                 Encoding::Utf16 => ch.len_utf16(),
                 Encoding::Utf8 => ch.len_utf8(),
+                Encoding::Utf32 => 1,
             };
         }
         if units > pos.col as usize {
@@ -208,10 +214,13 @@ mod tests {
         .prop_map(|v| v.concat())
     }
 
+    fn encoding() -> impl Strategy<Value = Encoding> {
+        prop::sample::select(vec![Encoding::Utf8, Encoding::Utf16, Encoding::Utf32])
+    }
+
     proptest! {
         #[test]
-        fn char_roundtrip(text in text_strategy(), frac in 0.0f64..=1.0, utf8 in any::<bool>()) {
-            let enc = if utf8 { Encoding::Utf8 } else { Encoding::Utf16 };
+        fn char_roundtrip(text in text_strategy(), frac in 0.0f64..=1.0, enc in encoding()) {
             let rope = Rope::from_str(&text);
             let c = ((rope.len_chars() as f64) * frac) as usize;
             // A char between \r and \n is not addressable by LSP positions.
@@ -223,8 +232,7 @@ mod tests {
         }
 
         #[test]
-        fn positions_match_reference(text in text_strategy(), line in 0u32..12, col in 0u32..12, utf8 in any::<bool>()) {
-            let enc = if utf8 { Encoding::Utf8 } else { Encoding::Utf16 };
+        fn positions_match_reference(text in text_strategy(), line in 0u32..12, col in 0u32..12, enc in encoding()) {
             let rope = Rope::from_str(&text);
             let pos = LineCol::new(line, col);
             match (to_char(&rope, pos, enc), naive(&text, pos, enc)) {

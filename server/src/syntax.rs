@@ -1,10 +1,66 @@
 //! Tree-sitter queries the server needs: syntax errors, the function around a byte, edit points.
 
-use std::ops::Range;
+use std::cell::Cell;
+use std::ops::{ControlFlow, Range};
+use std::time::{Duration, Instant};
 
-use tree_sitter::{Node, Point, Tree};
+use tree_sitter::{Node, ParseOptions, ParseState, Parser, Point, Tree};
 
+use crate::engine::CancelToken;
 use crate::language::Grammar;
+
+/// Longest a document parse may take (off the request path, see [`crate::document`]). Past it
+/// the document gets no syntax features: 700,000 `"` take ~7 s at ~10 µs a byte, and every edit
+/// near the start reparses all of it.
+pub const DOCUMENT_PARSE_BUDGET: Duration = Duration::from_secs(3);
+/// Longest one verifier parse (a candidate spliced into the document) may take; past it the
+/// candidate counts as broken (fail closed).
+pub const CHECK_PARSE_BUDGET: Duration = Duration::from_millis(500);
+/// Longest all the verifier parses of one request may take together: a document where every
+/// check is slow would otherwise hold the model thread for steps × candidates × the above.
+pub const REQUEST_VERIFY_BUDGET: Duration = Duration::from_secs(2);
+
+/// Why [`parse_bounded`] produced no tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseStop {
+    /// Past the deadline.
+    Budget,
+    /// The request's token was cancelled.
+    Cancelled,
+}
+
+/// Parses the text `read` yields (reusing `old`), stopping at `deadline` or once `cancel` is
+/// set. A stopped parser is reset, so its next parse starts afresh instead of resuming this one.
+pub fn parse_bounded<T: AsRef<[u8]>>(
+    parser: &mut Parser,
+    read: &mut impl FnMut(usize, Point) -> T,
+    old: Option<&Tree>,
+    deadline: Instant,
+    cancel: Option<&CancelToken>,
+) -> Result<Tree, ParseStop> {
+    let stop = Cell::new(None);
+    let mut progress = |_: &ParseState| {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            stop.set(Some(ParseStop::Cancelled));
+        } else if Instant::now() >= deadline {
+            stop.set(Some(ParseStop::Budget));
+        }
+        match stop.get() {
+            Some(_) => ControlFlow::Break(()),
+            None => ControlFlow::Continue(()),
+        }
+    };
+    let options = ParseOptions::new().progress_callback(&mut progress);
+    match parser.parse_with_options(read, old, Some(options)) {
+        Some(tree) => Ok(tree),
+        None => {
+            parser.reset();
+            // `None` without a stop is a parser without a language, which `Grammar::parser`
+            // never builds; report it as the budget rather than panic.
+            Err(stop.get().unwrap_or(ParseStop::Budget))
+        }
+    }
+}
 
 /// An ERROR node (parser skipped text) or a MISSING node (parser invented a zero-width token).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +172,31 @@ mod tests {
         let body = function_body(&tree, grammar, at).unwrap();
         assert_eq!(&src[body], "\n    fn inner() { 1 }\n    2\n");
         assert!(function_body(&tree, grammar, src.len()).is_none());
+    }
+
+    #[test]
+    fn bounded_parse_stops_and_recovers() {
+        let mut parser = language::by_language_id("rust").unwrap().parser();
+        let src = "\"".repeat(20_000);
+        let mut read = |b: usize, _: Point| &src.as_bytes()[b.min(src.len())..];
+        let past = Instant::now();
+        assert_eq!(
+            parse_bounded(&mut parser, &mut read, None, past, None).unwrap_err(),
+            ParseStop::Budget
+        );
+        let cancel = CancelToken::default();
+        cancel.cancel();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(
+            parse_bounded(&mut parser, &mut read, None, later, Some(&cancel)).unwrap_err(),
+            ParseStop::Cancelled
+        );
+        // The stopped parses left nothing behind: a fresh text parses completely.
+        let ok = "fn a() {}";
+        let mut read = |b: usize, _: Point| &ok.as_bytes()[b.min(ok.len())..];
+        let tree = parse_bounded(&mut parser, &mut read, None, later, None).unwrap();
+        assert_eq!(tree.root_node().end_byte(), ok.len());
+        assert!(!tree.root_node().has_error());
     }
 
     #[test]

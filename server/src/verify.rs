@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model::{StepHook, StepView, Verdict};
 use tree_sitter::{InputEdit, Parser, Point, Tree};
@@ -24,7 +24,7 @@ use tree_sitter::{InputEdit, Parser, Point, Tree};
 use crate::context::Finish;
 use crate::document::Snapshot;
 use crate::engine::CancelToken;
-use crate::syntax::{self, SyntaxError};
+use crate::syntax::{self, parse_bounded, SyntaxError, CHECK_PARSE_BUDGET};
 
 /// Remask rounds allowed after the planned steps before a candidate is rejected.
 pub const MAX_FINAL_RETRIES: usize = 2;
@@ -38,10 +38,15 @@ pub struct Site {
     tree: Tree,
     baseline: HashSet<SyntaxError>,
     parser: Parser,
+    /// Stops the check parses of a cancelled request, and all of them past a deadline (see
+    /// [`Site::bounded`]).
+    cancel: Option<CancelToken>,
+    deadline: Option<Instant>,
 }
 
 impl Site {
-    /// `None` when the document has no grammar or no tree (nothing to verify against).
+    /// `None` when the document has no grammar or no tree (nothing to verify against), or when
+    /// reparsing it without the span takes longer than a document parse may.
     pub fn new(snap: &Snapshot, replace: Range<usize>) -> Option<Site> {
         let grammar = snap.grammar?;
         let mut tree = snap.tree.clone()?;
@@ -59,7 +64,10 @@ impl Site {
                 old_end_position,
                 new_end_position: start_position,
             });
-            tree = parser.parse(&base, Some(&tree))?;
+            let deadline = Instant::now() + syntax::DOCUMENT_PARSE_BUDGET;
+            let bytes = base.as_bytes();
+            let mut read = |b: usize, _: Point| &bytes[b.min(bytes.len())..];
+            tree = parse_bounded(&mut parser, &mut read, Some(&tree), deadline, None).ok()?;
         }
         let baseline = syntax::errors(&tree).into_iter().collect();
         Some(Site {
@@ -69,7 +77,16 @@ impl Site {
             tree,
             baseline,
             parser,
+            cancel: None,
+            deadline: None,
         })
+    }
+
+    /// Check parses stop (and count as failed) once `cancel` is set, and `total` after now.
+    pub fn bounded(mut self, cancel: CancelToken, total: Duration) -> Site {
+        self.cancel = Some(cancel);
+        self.deadline = Some(Instant::now() + total);
+        self
     }
 
     /// Parses the document with `insert` at the span.
@@ -96,14 +113,25 @@ impl Site {
                 &[]
             }
         };
-        self.parser.parse_with_options(&mut read, Some(&tree), None)
+        let mut deadline = Instant::now() + CHECK_PARSE_BUDGET;
+        if let Some(d) = self.deadline {
+            deadline = deadline.min(d);
+        }
+        parse_bounded(
+            &mut self.parser,
+            &mut read,
+            Some(&tree),
+            deadline,
+            self.cancel.as_ref(),
+        )
+        .ok()
     }
 
     /// Errors of the spliced file that the baseline does not have, as byte ranges relative to
     /// the start of `insert` (they may reach outside it, or lie wholly outside it).
     pub fn new_errors(&mut self, insert: &str) -> Vec<Range<isize>> {
         let Some(tree) = self.parse_with(insert) else {
-            // The parser gave up (it has no timeout set, so this does not happen): fail closed.
+            // Past the budget, or cancelled: fail closed.
             return std::iter::once(0..insert.len() as isize).collect();
         };
         let (at, n) = (self.at, insert.len());
@@ -238,10 +266,7 @@ impl<'a> Verifier<'a> {
                 remask.extend((0..limit).filter(|&i| visible_pos(i) && overlaps(i, e)));
             }
             if remask.is_empty() {
-                let structural = |i: usize| {
-                    view.text[view.token_ranges[i].clone()]
-                        .contains(['(', ')', '[', ']', '{', '}', '"', '\''])
-                };
+                let structural = |i: usize| structural(view.text, view.token_ranges[i].clone());
                 remask.extend((0..limit).filter(|&i| visible_pos(i) && structural(i)));
             }
             if remask.is_empty() {
@@ -255,6 +280,15 @@ impl<'a> Verifier<'a> {
         self.stats.remasked += remask.len();
         Verdict::Remask(remask.into_iter().collect())
     }
+}
+
+/// Whether a token's text carries a bracket or a quote. By bytes: a byte-level token may end
+/// inside a multi-byte character of the decoded text (a `str` slice there panicked on the model
+/// thread in the soak).
+fn structural(text: &str, range: Range<usize>) -> bool {
+    text.as_bytes()
+        .get(range)
+        .is_some_and(|b| b.iter().any(|c| b"()[]{}\"'".contains(c)))
 }
 
 /// Byte offsets in the step text where masked positions sit (between their neighbours' text).
@@ -359,6 +393,15 @@ mod tests {
         "fn main() {\n    let x = $0;\n    println!(\"{x}\");\n}\n\nfn other( {\n    let = ;\n}\n";
 
     #[test]
+    fn token_ranges_inside_a_character_do_not_panic() {
+        let text = "x(é)";
+        assert!(structural(text, 0..2));
+        assert!(!structural(text, 2..3), "inside `é`");
+        assert!(structural(text, 3..5));
+        assert!(!structural(text, 4..9), "past the end");
+    }
+
+    #[test]
     fn clean_candidate_is_kept() {
         for doc in [DOC, BROKEN] {
             let (v, stats) = run(doc, &[Some("foo"), Some("("), Some("1"), Some(")")], true);
@@ -441,6 +484,23 @@ mod tests {
         assert!(!s.new_errors("42 }").is_empty());
         assert!(!s.parses_cleanly("42"));
         assert!(site(DOC).parses_cleanly("42"));
+    }
+
+    #[test]
+    fn a_cancelled_check_fails_closed() {
+        // Long enough that the parser reaches its progress check.
+        let doc = format!(
+            "fn main() {{\n    let x = $0;\n{}}}\n",
+            "    f(1, \"a\");\n".repeat(5000)
+        );
+        let token = CancelToken::default();
+        let mut s = site(&doc).bounded(token.clone(), Duration::from_secs(60));
+        assert!(s.new_errors("1").is_empty());
+        token.cancel();
+        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        // Past the request's verification budget every check fails closed.
+        let mut s = site(&doc).bounded(CancelToken::default(), Duration::ZERO);
+        assert_eq!(s.new_errors("\"1\""), [0..3]);
     }
 
     #[test]
