@@ -58,6 +58,7 @@ fn request(lm: &DiffusionLm) -> InfillRequest {
         prefix: prefix[prefix.len().saturating_sub(room)..].to_vec(),
         suffix,
         span_len,
+        healing: None,
         params: SamplerParams {
             steps: 16,
             candidates: 2,
