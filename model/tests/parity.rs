@@ -177,20 +177,11 @@ fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
         assert!(cached.reused_tokens() > 0, "{what}: nothing reused");
         assert!(cached.reused_tokens() < tokens.len(), "{what}");
         let fresh = SpmBlock::new(m, tokens, None).unwrap();
-        let got: Vec<f32> = cached
-            .span_logits(m, &span)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want: Vec<f32> = fresh
-            .span_logits(m, &span)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = |layout: &SpmBlock| -> Vec<f32> {
+            let t = layout.span_logits(m, &span).unwrap();
+            t.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (got, want) = (logits(&cached), logits(&fresh));
         let max_diff = got
             .iter()
             .zip(&want)

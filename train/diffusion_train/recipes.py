@@ -64,8 +64,6 @@ RECIPES = {r.name: r for r in [
            notes="(c) AR-FIM first, then block diffusion over the middle, the context causal"),
     Recipe("ar_then_block_only", "spm", (TRUNK, Phase(ADAPT, {"spm_block": 1.0}, ar_weight=0.0)), decay=0.1,
            notes="(d) as (c), but the adaptation drops every autoregressive loss: the middle's denoising alone"),
-    Recipe("block_joint", "spm", (Phase(5 * M, {"spm_block": 0.5, "spm_fim": 0.25, "ar": 0.25}),),
-           decay=0.1, notes="block diffusion and AR-FIM together from scratch (not in the A/B: its budget went to the long run)"),
     # The long run: the winner's last phase, open-ended, at constant learning rate.
     Recipe("long_block", "spm", (Phase(None, BLOCK_MIX),),
            notes="the long run of the chosen recipe (c), resumed across sessions"),

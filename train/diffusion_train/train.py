@@ -203,7 +203,7 @@ def main(argv=None):
     model = DiffusionLM(cfg)
     if init is not None:
         model.load_state_dict(init)
-        state["tokens"] = state["tokens_total_before"] = tokens_before
+        state["tokens"] = tokens_before
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     if ck:
         model.load_state_dict(ck["model"])
