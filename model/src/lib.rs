@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod lm;
+pub mod policy;
 pub mod sampler;
 pub mod tokenizer;
 pub mod transformer;
@@ -26,7 +27,8 @@ pub fn pin_thread_count() {
 pub use config::{Config, InfillLayout, LogitsConvention};
 pub use error::ModelError;
 pub use lm::DiffusionLm;
+pub use policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule};
 pub use sampler::{
-    Completion, ConfidenceOrder, ContextCache, InfillOutput, InfillRequest, InfillStats, NoHook,
-    SamplerParams, StepHook, StepView, Verdict,
+    Completion, ContextCache, InfillOutput, InfillRequest, InfillStats, NoHook, SamplerParams,
+    StepHook, StepView, Verdict,
 };

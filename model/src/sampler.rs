@@ -19,24 +19,16 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::error::{ModelError, Result};
 use crate::layout;
 pub use crate::layout::ContextCache;
+use crate::policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Proposal};
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 
-/// How the confidence that orders commits is measured (Dream's options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfidenceOrder {
-    /// Probability of the chosen token ("maskgit_plus").
-    MaxProb,
-    /// Top-1 minus top-2 probability.
-    Margin,
-    /// Negative entropy of the position's distribution.
-    NegEntropy,
-}
-
 #[derive(Debug, Clone)]
 pub struct SamplerParams {
-    /// Refinement steps K, clamped to 1..=span_len.
+    /// Refinement steps K, clamped to 1..=span_len: the budget the policy's schedule fills.
     pub steps: usize,
+    /// Which positions each step commits and where the span may end.
+    pub policy: DecodingPolicy,
     /// Candidates decoded together as one batch.
     pub candidates: usize,
     /// 0 = greedy.
@@ -46,13 +38,6 @@ pub struct SamplerParams {
     pub alt_temperature: f32,
     pub top_p: f32,
     pub seed: u64,
-    pub order: ConfidenceOrder,
-    /// Fast-dLLM: commit every position whose confidence is at least this (at least one per step)
-    /// instead of the fixed schedule.
-    pub threshold: Option<f32>,
-    /// Self-correction: after a step, committed tokens whose probability fell below this are
-    /// masked again (never at the last step).
-    pub remask_below: Option<f32>,
     /// Recompute the context keys/values every R steps (1 = exact; 0 = never after the first).
     /// Bidirectional layout only: a causal context never sees the span and is always exact.
     pub cache_refresh: usize,
@@ -61,35 +46,21 @@ pub struct SamplerParams {
     /// The end-of-infill token is never proposed before this position, so a completion has at
     /// least this many tokens (1 by default: an empty completion is no completion).
     pub min_tokens: usize,
-    /// An end-of-infill token is committed only where every position before it is committed.
-    /// Without this, the tail's padding ends are the most confident predictions, each committed
-    /// end makes its left neighbour's end likelier, and the completion collapses from the right
-    /// to a token or two.
-    pub ends_left_to_right: bool,
-    /// Semi-autoregressive decoding: only the first W still-masked positions may be committed
-    /// in a step (LLaDA's blocks, sliding). `None`: any position. For a shifted model a
-    /// position whose left neighbour is known is predicted from that token directly, so a
-    /// narrow window helps a weak model most.
-    pub commit_window: Option<usize>,
 }
 
 impl Default for SamplerParams {
     fn default() -> Self {
         Self {
             steps: 8,
+            policy: DecodingPolicy::PARALLEL,
             candidates: 1,
             temperature: 0.0,
             alt_temperature: 0.8,
             top_p: 0.95,
             seed: 0,
-            order: ConfidenceOrder::MaxProb,
-            threshold: None,
-            remask_below: None,
             cache_refresh: 0,
             max_extra_steps: 2,
             min_tokens: 1,
-            ends_left_to_right: true,
-            commit_window: None,
         }
     }
 }
@@ -131,6 +102,10 @@ pub enum Verdict {
     Keep,
     /// Mask these span positions again.
     Remask(Vec<usize>),
+    /// End the candidate before this span position: only the positions before it are kept
+    /// (at least one). What a hook says of a final candidate whose full text it cannot accept
+    /// but whose beginning it can.
+    Truncate(usize),
     /// Drop the candidate.
     Reject,
 }
@@ -191,6 +166,9 @@ struct Candidate {
     logp: Vec<f32>,
     /// Filled in automatically after an end token (not predicted).
     auto_end: Vec<bool>,
+    /// Tokens the hook remasked at each position: under greedy decoding the same context
+    /// would only propose them again.
+    banned: Vec<Vec<u32>>,
     alive: bool,
     done: bool,
     temperature: f32,
@@ -218,6 +196,15 @@ impl Candidate {
             }
         }
     }
+    /// An end token at `at`, and ends after it; what stood there is dropped.
+    fn truncate(&mut self, at: usize, end_id: u32) {
+        for j in at..self.tokens.len() {
+            self.tokens[j] = Some(end_id);
+            self.auto_end[j] = j > at;
+            self.conf[j] = 1.0;
+            self.logp[j] = 0.0;
+        }
+    }
     fn remask(&mut self, j: usize, end_id: u32) {
         let was_first_end = self.end(end_id) == Some(j);
         self.tokens[j] = None;
@@ -235,13 +222,6 @@ impl Candidate {
     }
 }
 
-/// One position's prediction.
-struct Proposal {
-    token: u32,
-    confidence: f32,
-    logp: f32,
-}
-
 fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -251,37 +231,38 @@ fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     p
 }
 
-/// The prediction at one position from its logits `row` and their softmax `probs`; `banned`
-/// (the end token before `min_tokens`) is taken out and the rest renormalised.
+/// One position's prediction: token, confidence and log-probability from its logits `row` and
+/// their softmax `probs`; the `banned` tokens are taken out and the rest renormalised.
 fn propose(
     row: &[f32],
     probs: &[f32],
-    banned: Option<usize>,
+    banned: &[u32],
     order: ConfidenceOrder,
     temperature: f32,
     top_p: f32,
     rng: &mut StdRng,
-) -> Proposal {
+) -> (u32, f32, f32) {
+    let without_banned = |mut p: Vec<f32>| {
+        let kept = 1.0 - banned.iter().map(|&b| p[b as usize]).sum::<f32>();
+        let kept = kept.max(f32::MIN_POSITIVE);
+        banned.iter().for_each(|&b| p[b as usize] = 0.0);
+        p.iter_mut().for_each(|x| *x /= kept);
+        p
+    };
     let renormalised;
-    let probs = match banned {
-        Some(b) => {
-            let keep = (1.0 - probs[b]).max(f32::MIN_POSITIVE);
-            renormalised = probs
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| if i == b { 0.0 } else { x / keep })
-                .collect::<Vec<f32>>();
-            &renormalised[..]
-        }
-        None => probs,
+    let probs = if banned.is_empty() {
+        probs
+    } else {
+        renormalised = without_banned(probs.to_vec());
+        &renormalised[..]
     };
     let token = if temperature > 0.0 {
-        let mut tempered = softmax(row, temperature);
-        if let Some(b) = banned {
-            let keep = (1.0 - tempered[b]).max(f32::MIN_POSITIVE);
-            tempered[b] = 0.0;
-            tempered.iter_mut().for_each(|x| *x /= keep);
-        }
+        let tempered = softmax(row, temperature);
+        let tempered = if banned.is_empty() {
+            tempered
+        } else {
+            without_banned(tempered)
+        };
         sample_top_p(&tempered, top_p, rng)
     } else {
         argmax(probs)
@@ -307,11 +288,7 @@ fn propose(
             .map(|&x| x * x.ln())
             .sum(),
     };
-    Proposal {
-        token: token as u32,
-        confidence,
-        logp: p.max(1e-30).ln(),
-    }
+    (token as u32, confidence, p.max(1e-30).ln())
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -455,6 +432,7 @@ pub fn infill_cached(
         )));
     }
     let special = tok.special;
+    let policy = &params.policy;
     let steps = params.steps.clamp(1, n);
     let n_cand = params.candidates.max(1);
 
@@ -464,6 +442,7 @@ pub fn infill_cached(
             conf: vec![0.0; n],
             logp: vec![0.0; n],
             auto_end: vec![false; n],
+            banned: vec![Vec::new(); n],
             alive: true,
             done: false,
             temperature: if c == 0 || params.temperature > 0.0 {
@@ -526,7 +505,11 @@ pub fn infill_cached(
         for (r, &c) in run.iter().enumerate() {
             let rows = &logits[if logits.len() == 1 { 0 } else { r }];
             let cand = &mut cands[c];
-            let (order, temp, top_p) = (params.order, cand.temperature, params.top_p);
+            let order = match policy.order {
+                CommitOrder::Confidence(order) => order,
+                CommitOrder::LeftToRight => ConfidenceOrder::MaxProb,
+            };
+            let (temp, top_p) = (cand.temperature, params.top_p);
             // One softmax per position and step, for every position that is not auto-filled.
             let probs: Vec<Option<Vec<f32>>> = (0..n)
                 .map(|j| (!cand.auto_end[j]).then(|| softmax(&rows[j], 1.0)))
@@ -538,71 +521,46 @@ pub fn infill_cached(
                 }
             }
             let masked = cand.masked_before_end(special.end);
-            let proposals: Vec<(usize, Proposal)> = masked
+            // An end before a committed token would drop it.
+            let last_token = (0..n)
+                .rev()
+                .find(|&j| cand.tokens[j].is_some_and(|t| t != special.end));
+            let proposals: Vec<Proposal> = masked
                 .iter()
                 .map(|&j| {
-                    let banned = (j < params.min_tokens).then_some(special.end as usize);
+                    let end_banned = j < params.min_tokens
+                        || (policy.ends == EndRule::InOrder && last_token.is_some_and(|l| l > j));
+                    let mut banned = cand.banned[j].clone();
+                    if end_banned {
+                        banned.push(special.end);
+                    }
                     let p = probs[j]
                         .as_deref()
                         .expect("masked positions are not auto-filled");
-                    let pr = propose(&rows[j], p, banned, order, temp, top_p, &mut cand.rng);
-                    (j, pr)
+                    let (token, confidence, logp) =
+                        propose(&rows[j], p, &banned, order, temp, top_p, &mut cand.rng);
+                    Proposal {
+                        position: j,
+                        token,
+                        confidence,
+                        logp,
+                        is_end: token == special.end,
+                    }
                 })
                 .collect();
             let last = step + 1 >= steps;
-            // The schedule counts every masked position, committable or not.
-            let scheduled = if last {
-                proposals.len()
-            } else {
-                proposals.len().div_ceil(steps - step)
-            };
-            let first_masked = cand.tokens.iter().position(Option::is_none);
-            let proposals: Vec<(usize, Proposal)> = if params.ends_left_to_right && !last {
-                proposals
-                    .into_iter()
-                    .filter(|(j, pr)| pr.token != special.end || Some(*j) == first_masked)
-                    .collect()
-            } else {
-                proposals
-            };
-            // `proposals` run left to right, so the window is a prefix of the masked ones.
-            let proposals: Vec<(usize, Proposal)> = match (params.commit_window, last) {
-                (Some(w), false) => {
-                    let allowed: Vec<usize> = masked.iter().copied().take(w.max(1)).collect();
-                    proposals
-                        .into_iter()
-                        .filter(|(j, _)| allowed.contains(j))
-                        .collect()
-                }
-                _ => proposals,
-            };
-            let m = proposals.len();
-            let mut k = scheduled.min(m);
-            if let (Some(thr), false) = (params.threshold, last) {
-                k = proposals
-                    .iter()
-                    .filter(|(_, pr)| pr.confidence >= thr)
-                    .count()
-                    .max(1);
-            }
-            let mut order_idx: Vec<usize> = (0..m).collect();
-            order_idx.sort_by(|&a, &b| {
-                proposals[b]
-                    .1
-                    .confidence
-                    .total_cmp(&proposals[a].1.confidence)
-            });
             let mut committed_now = vec![false; n];
-            for &i in order_idx.iter().take(k) {
-                let (j, pr) = &proposals[i];
-                cand.tokens[*j] = Some(pr.token);
+            for i in policy.select(&proposals, steps.saturating_sub(step)) {
+                let pr = &proposals[i];
+                let j = pr.position;
+                cand.tokens[j] = Some(pr.token);
                 // Unrenormalised, like the refresh at the next step.
-                cand.conf[*j] = probs[*j].as_ref().expect("was masked")[pr.token as usize];
-                cand.logp[*j] = pr.logp;
-                committed_now[*j] = true;
+                cand.conf[j] = probs[j].as_ref().expect("was masked")[pr.token as usize];
+                cand.logp[j] = pr.logp;
+                committed_now[j] = true;
             }
             cand.fill_after_end(special.end);
-            if let (Some(thr), false) = (params.remask_below, last) {
+            if let (Some(thr), false) = (policy.remask_below, last) {
                 for j in 0..n {
                     if !committed_now[j]
                         && !cand.auto_end[j]
@@ -640,6 +598,10 @@ pub fn infill_cached(
                     cand.alive = false;
                     stats.rejected += 1;
                 }
+                Verdict::Truncate(at) => {
+                    cand.truncate(at.clamp(1, n), special.end);
+                    cand.done = true;
+                }
                 // No step left to re-predict the positions: the candidate cannot be repaired.
                 Verdict::Remask(_) if step + 1 >= max_steps => {
                     cand.alive = false;
@@ -647,6 +609,9 @@ pub fn infill_cached(
                 }
                 Verdict::Remask(positions) => {
                     for j in positions.into_iter().filter(|&j| j < n) {
+                        if let Some(t) = cand.tokens[j].filter(|_| !cand.auto_end[j]) {
+                            cand.banned[j].push(t);
+                        }
                         if cand.tokens[j].is_some() {
                             cand.remask(j, special.end);
                             stats.remasked += 1;

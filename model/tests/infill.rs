@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use model::{DiffusionLm, InfillRequest, NoHook, SamplerParams, StepHook, StepView, Verdict};
+use model::{
+    DecodingPolicy, DiffusionLm, EndRule, InfillRequest, NoHook, SamplerParams, StepHook, StepView,
+    Verdict,
+};
 
 fn lm() -> DiffusionLm {
     DiffusionLm::load_dir(
@@ -306,10 +309,10 @@ impl StepHook for PrematureEnds {
 #[test]
 fn end_tokens_are_committed_only_after_everything_left_of_them() {
     let lm = end_heavy_lm();
-    let premature_ends = |ends_left_to_right: bool| {
+    let premature_ends = |policy: DecodingPolicy| {
         let params = SamplerParams {
             steps: 8,
-            ends_left_to_right,
+            policy,
             ..Default::default()
         };
         let mut hook = PrematureEnds(0);
@@ -317,10 +320,10 @@ fn end_tokens_are_committed_only_after_everything_left_of_them() {
         hook.0
     };
     assert!(
-        premature_ends(false) > 0,
+        premature_ends(DecodingPolicy::FREE_ENDS) > 0,
         "the scaled head should make ends confident out of order"
     );
-    assert_eq!(premature_ends(true), 0);
+    assert_eq!(premature_ends(DecodingPolicy::PARALLEL), 0);
 }
 
 /// Whether, in every view before the last step, the committed positions form a prefix.
@@ -339,20 +342,24 @@ impl StepHook for CommittedPrefix {
 }
 
 #[test]
-fn a_commit_window_of_one_decodes_left_to_right() {
+fn the_left_to_right_policy_commits_a_prefix() {
     let lm = lm();
-    let run = |commit_window| {
+    let run = |policy| {
         let params = SamplerParams {
             steps: 8,
-            commit_window,
+            policy,
             ..Default::default()
         };
         let mut hook = CommittedPrefix(true);
         lm.infill(&request(&lm, 16, params), &mut hook).unwrap();
         hook.0
     };
-    assert!(!run(None), "confidence order alone commits out of order");
-    assert!(run(Some(1)));
+    assert!(
+        !run(DecodingPolicy::PARALLEL),
+        "confidence order commits out of order"
+    );
+    assert!(run(DecodingPolicy::LEFT_TO_RIGHT));
+    assert!(run(DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD));
 }
 
 /// The trainer's `spm_block` fixture: the causal context, the span pass over its K/V and the
@@ -477,5 +484,88 @@ fn healing_constrains_the_first_token_and_strips_its_text() {
         };
         assert_eq!(texts(&plain), texts(&empty), "{name}");
         assert!(!plain.completions.is_empty());
+    }
+}
+
+/// Whether any view showed a committed token after the first end token (whose text the
+/// completion would drop).
+struct TokenAfterEnd(bool);
+
+impl StepHook for TokenAfterEnd {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        if let Some(e) = v.end {
+            let end = v.tokens[e];
+            self.0 |= v.tokens[e + 1..].iter().any(|t| t.is_some() && *t != end);
+        }
+        Verdict::Keep
+    }
+}
+
+/// The end rule holds at the last step too, which commits every masked position at once: an
+/// end proposed before a committed token is taken out of that position's choices. (Before the
+/// policies, the last step committed such ends and cut long completions short: a function
+/// rewrite came back truncated, failed the syntax check and was dropped.)
+#[test]
+fn no_end_is_committed_before_a_committed_token() {
+    let lm = lm();
+    let after_end = |policy: DecodingPolicy| {
+        let params = SamplerParams {
+            steps: 4,
+            policy,
+            ..Default::default()
+        };
+        let mut hook = TokenAfterEnd(false);
+        lm.infill(&request(&lm, 24, params), &mut hook).unwrap();
+        hook.0
+    };
+    assert!(
+        after_end(DecodingPolicy::FREE_ENDS),
+        "free ends should leave committed tokens after an end with this head"
+    );
+    for policy in DecodingPolicy::ALL
+        .into_iter()
+        .filter(|p| p.ends == EndRule::InOrder)
+    {
+        assert!(!after_end(policy.clone()), "{}", policy.name);
+    }
+}
+
+/// Remasks the first position of the first final candidate once and records the tokens it held
+/// before and after.
+#[derive(Default)]
+struct RemaskFirst {
+    first: Vec<Option<u32>>,
+}
+
+impl StepHook for RemaskFirst {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        if !v.is_final {
+            return Verdict::Keep;
+        }
+        self.first.push(v.tokens[0]);
+        if self.first.len() == 1 {
+            Verdict::Remask(vec![0])
+        } else {
+            Verdict::Keep
+        }
+    }
+}
+
+/// Greedy decoding in the same context would propose a remasked token again: the sampler takes
+/// it out of that position's choices.
+#[test]
+fn a_remasked_token_is_not_proposed_again_at_its_position() {
+    let lm = lm();
+    for policy in [DecodingPolicy::PARALLEL, DecodingPolicy::LEFT_TO_RIGHT] {
+        let params = SamplerParams {
+            steps: 4,
+            policy: policy.clone(),
+            ..Default::default()
+        };
+        let mut hook = RemaskFirst::default();
+        lm.infill(&request(&lm, 6, params), &mut hook).unwrap();
+        assert_eq!(hook.first.len(), 2, "{}", policy.name);
+        assert!(hook.first[0].is_some() && hook.first[1].is_some());
+        assert_ne!(hook.first[0], hook.first[1], "{}", policy.name);
     }
 }

@@ -73,6 +73,7 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
         settings,
         span_len: None,
         heal: true,
+        policy: None,
         cancel: CancelToken::default(),
     };
     let answer = complete::complete(&lm, &req, None)?;

@@ -5,7 +5,10 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use model::{ContextCache, DiffusionLm, InfillRequest, SamplerParams, StepHook, StepView, Verdict};
+use model::{
+    ContextCache, DecodingPolicy, DiffusionLm, InfillLayout, InfillRequest, SamplerParams,
+    StepHook, StepView, Verdict,
+};
 
 use crate::config::Settings;
 use crate::context::{self, Plan, SpanKind, Target};
@@ -43,6 +46,8 @@ pub struct Request {
     pub span_len: Option<usize>,
     /// Token healing (eval's `--no-heal` turns it off): see [`heal`].
     pub heal: bool,
+    /// Eval's `--policy`: this decoding policy for every span kind instead of [`policy_for`].
+    pub policy: Option<DecodingPolicy>,
     pub cancel: CancelToken,
 }
 
@@ -62,6 +67,8 @@ pub struct Stats {
     pub checks: usize,
     pub remasks: usize,
     pub rejections: usize,
+    /// Candidates cut to their longest beginning that adds no error.
+    pub truncations: usize,
     pub cancelled: bool,
     /// Planning and tokenizing the context windows (this crate).
     pub window_ms: f64,
@@ -92,34 +99,14 @@ pub enum CompleteError {
     Model(#[from] model::ModelError),
 }
 
-/// The sampler's parameters for this model. An autoregressive-first (`spm_block`) model decodes
-/// best left to right, one position a step (the last step commits what is left), unless the
-/// caller chose a commit window: on the dev eval with verification and 24 steps (MODEL.md)
-/// ES 2.0% → 6.6% and the first exact matches, at ~2x the latency of 8 free steps. The step
-/// count stays the client's.
-pub fn decoding_for(lm: &DiffusionLm, settings: &Settings) -> SamplerParams {
-    let mut params = sampler_params(settings);
-    if lm.config().infill_layout == model::config::InfillLayout::SpmBlock
-        && settings.commit_window == 0
-    {
-        params.commit_window = Some(1);
-    }
-    params
-}
-
-pub fn sampler_params(settings: &Settings) -> SamplerParams {
-    SamplerParams {
-        steps: settings.steps,
-        candidates: settings.candidates,
-        temperature: settings.temperature,
-        max_extra_steps: if settings.verify {
-            MAX_FINAL_RETRIES
-        } else {
-            0
-        },
-        ends_left_to_right: settings.ends_left_to_right,
-        commit_window: (settings.commit_window > 0).then_some(settings.commit_window),
-        ..SamplerParams::default()
+/// The decoding policy of a span kind for a model of this layout. An autoregressive-first
+/// (`spm_block`) model decodes best left to right, where each position is predicted from its
+/// committed left neighbour; a bidirectional one by confidence (measured on the dev eval:
+/// MODEL.md and benches/README.md).
+pub fn policy_for(layout: InfillLayout, kind: SpanKind) -> DecodingPolicy {
+    match (layout, kind) {
+        (InfillLayout::SpmBlock, _) => DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD,
+        (InfillLayout::Bidirectional, _) => DecodingPolicy::PARALLEL,
     }
 }
 
@@ -176,11 +163,20 @@ pub fn complete(
         span_len: plan.span_len,
         healing,
         params: SamplerParams {
+            steps: req.settings.steps,
+            policy: req
+                .policy
+                .clone()
+                .unwrap_or_else(|| policy_for(lm.config().infill_layout, plan.kind)),
+            candidates: req.settings.candidates,
+            temperature: req.settings.temperature,
+            max_extra_steps: if req.settings.verify {
+                MAX_FINAL_RETRIES
+            } else {
+                0
+            },
             min_tokens: plan.min_tokens.min(plan.span_len),
-            // Off for function rewrites: with it, `:DiffusionRewrite` in the Neovim test got no
-            // candidate (not yet understood; the dev eval has no rewrite cases).
-            ends_left_to_right: req.settings.ends_left_to_right && plan.kind != SpanKind::Function,
-            ..decoding_for(lm, &req.settings)
+            ..SamplerParams::default()
         },
     };
     let mut verifier = Verifier::new(site.as_mut(), &plan.finish, req.cancel.clone());
@@ -205,6 +201,7 @@ pub fn complete(
         checks: vstats.checks,
         remasks: vstats.remasked,
         rejections: vstats.rejected,
+        truncations: vstats.truncated,
         cancelled: out.stats.cancelled || req.cancel.is_cancelled(),
         window_ms,
         encode_ms: out.stats.encode_ms,
@@ -212,31 +209,38 @@ pub fn complete(
         verify_ms: vstats.verify_ms,
         total_ms: 0.0,
     };
-    let mut items: Vec<Item> = Vec::new();
+    // Each kept candidate with whether the whole file parses with it: those rank first (a
+    // candidate on a non-strict site may leave the document's other errors in place).
+    let mut ranked: Vec<(bool, Item)> = Vec::new();
     if !stats.cancelled {
         for c in out.completions {
             tracing::debug!(candidate = c.candidate, raw = ?c.text, logprob = c.mean_logprob, "candidate");
             let Some(text) = plan.finish.apply(&c.text) else {
                 continue;
             };
+            if ranked.iter().any(|(_, i)| i.text == text) {
+                continue;
+            }
             // The final word: whatever the sampler did with our verdicts, never return a
-            // candidate that adds a syntax error.
+            // candidate that adds a syntax error (or, on a strict site, leaves one).
+            let mut parses = false;
             if let Some(site) = site.as_mut() {
                 stats.checks += 1;
                 if !site.new_errors(&text).is_empty() {
                     stats.rejections += 1;
                     continue;
                 }
+                parses = site.is_strict() || site.parses_cleanly(&text);
             }
-            if !items.iter().any(|i| i.text == text) {
-                items.push(Item {
-                    text,
-                    mean_logprob: c.mean_logprob,
-                });
-            }
+            let item = Item {
+                text,
+                mean_logprob: c.mean_logprob,
+            };
+            ranked.push((parses, item));
         }
     }
-    items.sort_by(|a, b| b.mean_logprob.total_cmp(&a.mean_logprob));
+    ranked.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then(b.mean_logprob.total_cmp(&a.mean_logprob)));
+    let items: Vec<Item> = ranked.into_iter().map(|(_, i)| i).collect();
     stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(
         uri = %snap.uri, version = snap.version, kind = ?plan.kind, span = stats.span_len,
@@ -312,6 +316,7 @@ mod tests {
             settings: Settings::default(),
             span_len: None,
             heal: true,
+            policy: None,
             cancel: CancelToken::default(),
         };
         complete(lm, &req, Some(cache)).unwrap()
@@ -367,6 +372,7 @@ mod tests {
                 },
                 span_len: None,
                 heal,
+                policy: None,
                 cancel: CancelToken::default(),
             };
             complete(&lm, &req, None).unwrap()

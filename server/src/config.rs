@@ -25,14 +25,6 @@ pub struct Settings {
     pub verify: bool,
     /// Wait this long for a newer request before starting the model.
     pub debounce_ms: u64,
-    /// The sampler's `ends_left_to_right` rule. Not a client setting (never read from or merged
-    /// with client JSON): `eval --free-ends` turns it off to measure what it does.
-    #[serde(skip)]
-    pub ends_left_to_right: bool,
-    /// The sampler's `commit_window` (0 = none). Not a client setting either: `eval
-    /// --commit-window N` measures it.
-    #[serde(skip)]
-    pub commit_window: usize,
 }
 
 impl Default for Settings {
@@ -46,8 +38,6 @@ impl Default for Settings {
             context_tokens: 1024,
             verify: true,
             debounce_ms: 30,
-            ends_left_to_right: true,
-            commit_window: 0,
         }
     }
 }
@@ -70,8 +60,6 @@ impl Settings {
             }
         }
         let mut s: Settings = serde_json::from_value(current)?;
-        s.ends_left_to_right = self.ends_left_to_right;
-        s.commit_window = self.commit_window;
         s.clamp();
         Ok(s)
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use model::DecodingPolicy;
 use serde::Deserialize;
 
 use crate::complete::{self, Request};
@@ -16,6 +17,15 @@ use crate::document::Snapshot;
 use crate::engine::{CancelToken, ModelSource};
 use crate::language;
 use crate::verify::Site;
+
+fn parse_policy(name: &str) -> Result<DecodingPolicy, String> {
+    DecodingPolicy::named(name).ok_or_else(|| {
+        format!(
+            "unknown policy {name:?}; known: {}",
+            DecodingPolicy::names().join(", ")
+        )
+    })
+}
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -34,15 +44,14 @@ pub struct EvalArgs {
     /// Span length = tokens of the reference middle + 1 (end token), not the syntax-sized one.
     #[arg(long)]
     pub oracle_length: bool,
-    /// Let end tokens be committed anywhere by confidence (the sampler's rule off).
-    #[arg(long)]
-    pub free_ends: bool,
     /// Complete at the cursor as tokenized: no token healing.
     #[arg(long)]
     pub no_heal: bool,
-    /// Commit only among the first N masked positions per step (0 = anywhere).
-    #[arg(long)]
-    pub commit_window: Option<usize>,
+    /// Decode every case with this named policy instead of the span kind's (see
+    /// `model::DecodingPolicy::ALL`: parallel, parallel-threshold, free-ends, left-to-right,
+    /// left-to-right-threshold).
+    #[arg(long, value_parser = parse_policy)]
+    pub policy: Option<DecodingPolicy>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -82,6 +91,7 @@ struct CaseResult<'a> {
     em: bool,
     es: f64,
     parses: Option<bool>,
+    adds_error: Option<bool>,
     empty: bool,
     latency_ms: f64,
     stats: &'a complete::Stats,
@@ -95,6 +105,10 @@ struct Tally {
     es: f64,
     returned: usize,
     parses: usize,
+    /// Returned completions whose case's file parses with the reference.
+    parseable: usize,
+    clean: usize,
+    truncations: usize,
     latencies: Vec<f64>,
     remasks: usize,
     rejections: usize,
@@ -113,10 +127,13 @@ impl Tally {
         if !r.empty {
             self.returned += 1;
             self.parses += r.parses.unwrap_or(false) as usize;
+            self.parseable += r.parses.is_some() as usize;
+            self.clean += (r.adds_error == Some(false)) as usize;
         }
         self.latencies.push(r.latency_ms);
         self.remasks += r.stats.remasks;
         self.rejections += r.stats.rejections;
+        self.truncations += r.stats.truncations;
         self.checks += r.stats.checks;
         self.encode_ms += r.stats.window_ms + r.stats.encode_ms;
         self.denoise_ms += r.stats.denoise_ms;
@@ -208,8 +225,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     settings.candidates = args.candidates.unwrap_or(settings.candidates);
     settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
     settings.verify = !args.no_verify;
-    settings.ends_left_to_right = !args.free_ends;
-    settings.commit_window = args.commit_window.unwrap_or(settings.commit_window);
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -234,6 +249,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             settings: settings.clone(),
             span_len,
             heal: !args.no_heal,
+            policy: args.policy.clone(),
             cancel: CancelToken::default(),
         };
         let t = Instant::now();
@@ -250,9 +266,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             }
         };
         let empty = completion.trim().is_empty();
-        let parses = (!empty).then(|| {
-            Site::new(&snapshot, at..at).is_some_and(|mut s| s.parses_cleanly(&completion))
-        });
+        let mut site = Site::new(&snapshot, at..at);
+        // A case's file can only parse where it parses with the reference (a case may be cut
+        // from a longer file): the parse rate counts only those.
+        let reference_parses = site
+            .as_mut()
+            .is_some_and(|s| s.parses_cleanly(&case.middle));
+        let parses = (!empty && reference_parses)
+            .then(|| site.as_mut().is_some_and(|s| s.parses_cleanly(&completion)));
+        let adds_error = (!empty).then(|| site.as_mut().is_none_or(|s| s.adds_error(&completion)));
         let r = CaseResult {
             id: &case.id,
             kind: &case.kind,
@@ -262,6 +284,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             em: squash(&completion) == squash(&case.middle),
             es: edit_similarity(&completion, &case.middle),
             parses,
+            adds_error,
             empty,
             latency_ms,
             stats: &stats,
@@ -277,15 +300,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         o.flush()?;
     }
     let mut stdout = std::io::stdout().lock();
-    // Counters and times are means per case; ctx_ms = tokenizing the windows + the context pass.
+    // noerr%: returned completions that add no syntax error; parse%: returned completions that
+    // leave the file parsing, of the cases whose file parses with the reference. Counters and
+    // times are means per case; ctx_ms = tokenizing the windows + the context pass.
     writeln!(
         stdout,
-        "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "{:<8} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
         "kind",
         "n",
         "exact%",
         "EM%",
         "ES%",
+        "noerr%",
         "parse%",
         "empty%",
         "p50ms",
@@ -293,6 +319,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "checks",
         "remasks",
         "rejects",
+        "cuts",
         "ctx_ms",
         "denoise_ms",
         "verify_ms"
@@ -303,19 +330,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     {
         writeln!(
             stdout,
-            "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>9.2}",
+            "{:<8} {:>5} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>6.2} {:>9.1} {:>9.1} {:>9.2}",
             kind,
             t.n,
             Tally::pct(t.exact, t.n),
             Tally::pct(t.em, t.n),
             t.es_pct(),
-            Tally::pct(t.parses, t.returned),
+            Tally::pct(t.clean, t.returned),
+            Tally::pct(t.parses, t.parseable),
             Tally::pct(t.n - t.returned, t.n),
             t.percentile(0.5),
             t.percentile(0.95),
             t.checks as f64 / t.n.max(1) as f64,
             t.remasks as f64 / t.n.max(1) as f64,
             t.rejections as f64 / t.n.max(1) as f64,
+            t.truncations as f64 / t.n.max(1) as f64,
             t.encode_ms / t.n.max(1) as f64,
             t.denoise_ms / t.n.max(1) as f64,
             t.verify_ms / t.n.max(1) as f64,
@@ -323,11 +352,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     writeln!(
         stdout,
-        "eval: {} cases, EM={:.1}%, ES={:.1}%, parse={:.1}%, empty={:.1}%, p50={:.0}ms, p95={:.0}ms",
+        "eval: {} cases, EM={:.1}%, ES={:.1}%, noerr={:.1}%, parse={:.1}%, empty={:.1}%, p50={:.0}ms, p95={:.0}ms",
         all.n,
         Tally::pct(all.em, all.n),
         all.es_pct(),
-        Tally::pct(all.parses, all.returned),
+        Tally::pct(all.clean, all.returned),
+        Tally::pct(all.parses, all.parseable),
         Tally::pct(all.n - all.returned, all.n),
         all.percentile(0.5),
         all.percentile(0.95),

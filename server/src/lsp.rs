@@ -330,6 +330,7 @@ impl Backend {
             settings,
             span_len: None,
             heal: true,
+            policy: None,
             cancel: token.clone(),
         };
         let answer = match self.run_model(req, token.clone()).await? {
@@ -555,6 +556,7 @@ impl Backend {
             settings,
             span_len: None,
             heal: true,
+            policy: None,
             cancel: token.clone(),
         };
         let Some(answer) = self.run_model(req, token.clone()).await? else {

@@ -1,10 +1,11 @@
 //! The syntax check between refinement steps: a [`model::StepHook`] that splices each
 //! candidate into the document, reparses incrementally and remasks or rejects what breaks it.
 //!
-//! Only NEW errors count: the document may be broken elsewhere (the user is typing). The
-//! baseline is the document with the span empty; an error of the spliced file is old when the
-//! baseline has an error of the same kind whose range, mapped through the insertion, is the
-//! same, unless it lies wholly inside the inserted text.
+//! Where the document with the span empty has errors only at the hole, a candidate must make
+//! the file parse. Elsewhere only NEW errors count: the document may be broken away from the
+//! cursor (the user is typing). The baseline is the document with the span empty; an error of
+//! the spliced file is old when the baseline has an error of the same kind whose range, mapped
+//! through the insertion, is the same, unless it lies wholly inside the inserted text.
 //!
 //! Remask rule while masks remain: a hole may still explain an error, so an error whose range
 //! touches a masked position's place is left alone, and so are errors outside the span (an
@@ -12,7 +13,8 @@
 //! the error are remasked, except those next to a masked position, whose context is still
 //! changing. At the final state every new error counts: the tokens overlapping it are remasked
 //! (or, for an error outside the span, the tokens carrying brackets or quotes, else the last
-//! one), at most [`MAX_FINAL_RETRIES`] times, then the candidate is rejected.
+//! one), at most [`MAX_FINAL_RETRIES`] times; then the candidate is cut to its longest
+//! beginning that adds no error, or rejected when there is none.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
@@ -26,8 +28,10 @@ use crate::document::Snapshot;
 use crate::engine::CancelToken;
 use crate::syntax::{self, parse_bounded, SyntaxError, CHECK_PARSE_BUDGET};
 
-/// Remask rounds allowed after the planned steps before a candidate is rejected.
+/// Remask rounds allowed after the planned steps before a candidate is truncated or rejected.
 pub const MAX_FINAL_RETRIES: usize = 2;
+/// Cut points tried when a final candidate is truncated.
+const MAX_TRUNCATION_CHECKS: usize = 24;
 
 /// The document with the span cut out, its tree and its errors: where candidates are spliced.
 pub struct Site {
@@ -37,6 +41,8 @@ pub struct Site {
     at_point: Point,
     tree: Tree,
     baseline: HashSet<SyntaxError>,
+    /// The document parses but for the hole: candidates must make the whole file parse.
+    strict: bool,
     parser: Parser,
     /// Stops the check parses of a cancelled request, and all of them past a deadline (see
     /// [`Site::bounded`]).
@@ -69,8 +75,17 @@ impl Site {
             let mut read = |b: usize, _: Point| &bytes[b.min(bytes.len())..];
             tree = parse_bounded(&mut parser, &mut read, Some(&tree), deadline, None).ok()?;
         }
-        let baseline = syntax::errors(&tree).into_iter().collect();
+        let at = replace.start;
+        let baseline: HashSet<SyntaxError> = syntax::errors(&tree).into_iter().collect();
+        // Where every error is at the hole (reaches the hole's line), the hole is what breaks
+        // the file: a completion must mend it, so every error of the spliced file counts.
+        let line_start = base[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = base[at..].find('\n').map_or(base.len(), |i| at + i);
+        let strict = baseline
+            .iter()
+            .all(|e| e.range.start <= line_end && line_start <= e.range.end);
         Some(Site {
+            strict,
             at_point: syntax::point_of(&base, replace.start),
             at: replace.start,
             base,
@@ -127,9 +142,20 @@ impl Site {
         .ok()
     }
 
-    /// Errors of the spliced file that the baseline does not have, as byte ranges relative to
-    /// the start of `insert` (they may reach outside it, or lie wholly outside it).
+    /// Errors a candidate may not have: all of them on a strict site, else those of the
+    /// spliced file that the baseline does not have, as byte ranges relative to the start of
+    /// `insert` (they may reach outside it, or lie wholly outside it).
     pub fn new_errors(&mut self, insert: &str) -> Vec<Range<isize>> {
+        self.errors_against(insert, self.strict)
+    }
+
+    /// Whether `insert` adds an error the document did not have (strict or not: what eval
+    /// reports beside the parse rate).
+    pub fn adds_error(&mut self, insert: &str) -> bool {
+        !self.errors_against(insert, false).is_empty()
+    }
+
+    fn errors_against(&mut self, insert: &str, every_error: bool) -> Vec<Range<isize>> {
         let Some(tree) = self.parse_with(insert) else {
             // Past the budget, or cancelled: fail closed.
             return std::iter::once(0..insert.len() as isize).collect();
@@ -154,10 +180,16 @@ impl Site {
                     range: map(s)..map(t),
                     missing: e.missing,
                 };
-                inside || !self.baseline.contains(&mapped)
+                inside || every_error || !self.baseline.contains(&mapped)
             })
             .map(|e| e.range.start as isize - at as isize..e.range.end as isize - at as isize)
             .collect()
+    }
+
+    /// Whether a candidate must make the whole file parse (the document's only errors are at
+    /// the hole), rather than add no error.
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     /// Whether the spliced file has no syntax error at all (eval's parse rate).
@@ -175,6 +207,8 @@ pub struct VerifyStats {
     pub unchanged: usize,
     pub remasked: usize,
     pub rejected: usize,
+    /// Final candidates cut to their longest beginning that adds no error.
+    pub truncated: usize,
     pub verify_ms: f64,
 }
 
@@ -195,6 +229,41 @@ pub struct Verifier<'a> {
 }
 
 impl<'a> Verifier<'a> {
+    /// The longest beginning of a final candidate that adds no error, as the span position it
+    /// ends before: a completion that stops early beats none. Cuts at line ends are tried
+    /// first, then the others, longest first, at most [`MAX_TRUNCATION_CHECKS`] of them.
+    fn longest_clean_beginning(
+        &mut self,
+        view: &StepView<'_>,
+        limit: usize,
+        keep: usize,
+    ) -> Option<usize> {
+        let site = self.site.as_deref_mut()?;
+        let text = view.text;
+        let cut_end = |j: usize| view.token_ranges[j - 1].end;
+        let mut cuts: Vec<usize> = (1..limit)
+            .filter(|&j| view.tokens[j - 1].is_some() && cut_end(j) <= keep && cut_end(j) > 0)
+            .collect();
+        cuts.dedup_by_key(|j| cut_end(*j));
+        // Byte offsets: a byte-level token may end inside a character.
+        let at_line_end = |j: usize| text.as_bytes().get(cut_end(j)) == Some(&b'\n');
+        cuts.sort_by_key(|&j| (!at_line_end(j), std::cmp::Reverse(j)));
+        for j in cuts.into_iter().take(MAX_TRUNCATION_CHECKS) {
+            let Some(head) = text.get(..cut_end(j)) else {
+                continue;
+            };
+            let head = &head[..self.finish.keep_len(head)];
+            if head.trim().is_empty() {
+                continue;
+            }
+            self.stats.checks += 1;
+            if site.new_errors(head).is_empty() {
+                return Some(j);
+            }
+        }
+        None
+    }
+
     pub fn new(site: Option<&'a mut Site>, finish: &'a Finish, cancel: CancelToken) -> Self {
         Verifier {
             site,
@@ -259,6 +328,10 @@ impl<'a> Verifier<'a> {
         } else {
             state.final_retries += 1;
             if state.final_retries > MAX_FINAL_RETRIES {
+                if let Some(at) = self.longest_clean_beginning(view, limit, keep) {
+                    self.stats.truncated += 1;
+                    return Verdict::Truncate(at);
+                }
                 self.stats.rejected += 1;
                 return Verdict::Reject;
             }
@@ -464,6 +537,33 @@ mod tests {
         // An unclosed block while masks remain is left for later steps.
         let (v, _) = run(DOC, &[Some("{"), Some(" 1"), None, None], false);
         assert!(matches!(v, Verdict::Keep));
+    }
+
+    #[test]
+    fn where_the_only_errors_are_at_the_hole_a_candidate_must_make_the_file_parse() {
+        let mut s = site(DOC);
+        assert!(s.is_strict());
+        assert!(
+            !s.new_errors("").is_empty(),
+            "`let x = ;` was broken at the hole"
+        );
+        assert!(s.new_errors("1").is_empty());
+        assert!(!site(BROKEN).is_strict());
+        // A hole in a file that parses without it: strict too.
+        assert!(site("fn main() {\n    $0\n}\n").is_strict());
+    }
+
+    #[test]
+    fn a_final_candidate_that_breaks_late_is_cut_to_its_clean_beginning() {
+        let mut s = site("fn main() {\n    $0\n}\n");
+        let finish = Finish::default();
+        let mut v = Verifier::new(Some(&mut s), &finish, CancelToken::default());
+        let f = fake(&[Some("let a = 1;"), Some("\n    let"), Some(" = ;")]);
+        for _ in 0..MAX_FINAL_RETRIES {
+            assert!(matches!(v.after_step(&view(&f, true)), Verdict::Remask(_)));
+        }
+        assert_eq!(v.after_step(&view(&f, true)), Verdict::Truncate(1));
+        assert_eq!((v.stats.truncated, v.stats.rejected), (1, 0));
     }
 
     #[test]

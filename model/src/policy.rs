@@ -1,0 +1,226 @@
+//! Decoding policies: which masked positions a refinement step commits, and where a span may
+//! end. A policy is a value the sampler takes; the server picks one per span kind and `eval`
+//! picks one by name, so a new decoding experiment is a new value, not a flag.
+//!
+//! Every policy shares the step budget: a step commits at least its share of the masked
+//! positions (`ceil(masked / steps left)`), and the last step commits all that remain. On top
+//! of it a policy orders the positions and may commit more (a confidence threshold, Fast-dLLM).
+
+/// How a position's confidence is measured (Dream's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfidenceOrder {
+    /// Probability of the chosen token ("maskgit_plus").
+    MaxProb,
+    /// Top-1 minus top-2 probability.
+    Margin,
+    /// Negative entropy of the position's distribution.
+    NegEntropy,
+}
+
+/// The order in which masked positions are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOrder {
+    /// The most confident positions anywhere in the span (MaskGIT, Dream, LLaDA).
+    Confidence(ConfidenceOrder),
+    /// The leftmost masked positions. A model trained autoregressively first predicts a
+    /// position best from its committed left neighbour (a shifted model reads it directly).
+    LeftToRight,
+}
+
+/// Where the end-of-infill token may be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndRule {
+    /// Only where every position before it is committed (or is committed in the same step),
+    /// and never before a committed token. Without it, the padding ends of the tail are the
+    /// most confident predictions, each committed end makes its left neighbour's end likelier,
+    /// and the completion collapses from the right to a token or two.
+    InOrder,
+    /// Anywhere, by confidence.
+    Free,
+}
+
+/// A decoding policy: a name and the rules it stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodingPolicy {
+    pub name: &'static str,
+    pub order: CommitOrder,
+    /// Also commit every eligible position at least this confident (for `LeftToRight`: the
+    /// run of them right after the first masked position).
+    pub threshold: Option<f32>,
+    pub ends: EndRule,
+    /// Self-correction: committed tokens whose probability fell below this are masked again
+    /// after a step (never at the last step).
+    pub remask_below: Option<f32>,
+}
+
+impl DecodingPolicy {
+    /// The fixed schedule by confidence, ends in order: the diffusion default.
+    pub const PARALLEL: DecodingPolicy = DecodingPolicy {
+        name: "parallel",
+        order: CommitOrder::Confidence(ConfidenceOrder::MaxProb),
+        threshold: None,
+        ends: EndRule::InOrder,
+        remask_below: None,
+    };
+    /// As `parallel`, plus every position at least 0.9 confident (Fast-dLLM's rule).
+    pub const PARALLEL_THRESHOLD: DecodingPolicy = DecodingPolicy {
+        name: "parallel-threshold",
+        threshold: Some(0.9),
+        ..Self::PARALLEL
+    };
+    /// `parallel` with ends committed anywhere (what `InOrder` prevents, kept to measure it).
+    pub const FREE_ENDS: DecodingPolicy = DecodingPolicy {
+        name: "free-ends",
+        ends: EndRule::Free,
+        ..Self::PARALLEL
+    };
+    /// Left to right, the step budget's share per step.
+    pub const LEFT_TO_RIGHT: DecodingPolicy = DecodingPolicy {
+        name: "left-to-right",
+        order: CommitOrder::LeftToRight,
+        threshold: None,
+        ends: EndRule::InOrder,
+        remask_below: None,
+    };
+    /// Left to right, and each step also commits the following positions while they are at
+    /// least 0.9 confident: fewer steps where the model is sure.
+    pub const LEFT_TO_RIGHT_THRESHOLD: DecodingPolicy = DecodingPolicy {
+        name: "left-to-right-threshold",
+        threshold: Some(0.9),
+        ..Self::LEFT_TO_RIGHT
+    };
+
+    pub const ALL: [DecodingPolicy; 5] = [
+        Self::PARALLEL,
+        Self::PARALLEL_THRESHOLD,
+        Self::FREE_ENDS,
+        Self::LEFT_TO_RIGHT,
+        Self::LEFT_TO_RIGHT_THRESHOLD,
+    ];
+
+    pub fn named(name: &str) -> Option<DecodingPolicy> {
+        Self::ALL.into_iter().find(|p| p.name == name)
+    }
+
+    /// The names `named` knows, for error messages and `--help`.
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|p| p.name).collect()
+    }
+
+    /// Which of a step's proposals are committed, as indices into `proposals` (the masked
+    /// positions before the first committed end, left to right). `steps_left` counts this step
+    /// (1: the last, which commits everything).
+    pub(crate) fn select(&self, proposals: &[Proposal], steps_left: usize) -> Vec<usize> {
+        let m = proposals.len();
+        if steps_left <= 1 || m == 0 {
+            return (0..m).collect();
+        }
+        let share = m.div_ceil(steps_left);
+        let confident = |p: &Proposal| self.threshold.is_some_and(|t| p.confidence >= t);
+        match self.order {
+            CommitOrder::LeftToRight => {
+                // The first masked position always, then the confident ones that follow it;
+                // committed together, the leading positions keep every end in order.
+                let run = 1 + proposals[1..].iter().take_while(|p| confident(p)).count();
+                (0..share.max(run)).collect()
+            }
+            CommitOrder::Confidence(_) => {
+                // An end after the first masked position would leave a hole before it.
+                let eligible: Vec<usize> = (0..m)
+                    .filter(|&i| i == 0 || self.ends == EndRule::Free || !proposals[i].is_end)
+                    .collect();
+                let above = eligible
+                    .iter()
+                    .filter(|&&i| confident(&proposals[i]))
+                    .count();
+                let k = share.max(above).clamp(1, eligible.len());
+                let mut ranked = eligible;
+                ranked
+                    .sort_by(|&a, &b| proposals[b].confidence.total_cmp(&proposals[a].confidence));
+                ranked.truncate(k);
+                ranked
+            }
+        }
+    }
+}
+
+/// One masked position's prediction in a step.
+#[derive(Debug, Clone)]
+pub(crate) struct Proposal {
+    pub position: usize,
+    pub token: u32,
+    pub confidence: f32,
+    pub logp: f32,
+    pub is_end: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposals(conf: &[f32], ends: &[usize]) -> Vec<Proposal> {
+        conf.iter()
+            .enumerate()
+            .map(|(i, &c)| Proposal {
+                position: i,
+                token: 7,
+                confidence: c,
+                logp: c.ln(),
+                is_end: ends.contains(&i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_name_is_found_again() {
+        for p in DecodingPolicy::ALL {
+            assert_eq!(DecodingPolicy::named(p.name), Some(p.clone()));
+        }
+        assert_eq!(DecodingPolicy::named("no-such-policy"), None);
+    }
+
+    #[test]
+    fn the_last_step_commits_everything() {
+        let ps = proposals(&[0.1, 0.2, 0.3], &[2]);
+        for p in DecodingPolicy::ALL {
+            assert_eq!(p.select(&ps, 1), vec![0, 1, 2], "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn parallel_commits_its_share_by_confidence_and_no_end_out_of_order() {
+        let ps = proposals(&[0.2, 0.5, 0.99, 0.4], &[2]);
+        // Share of 4 masked over 2 steps: 2. The end at 2 is the most confident, but position
+        // 0 is still masked.
+        assert_eq!(DecodingPolicy::PARALLEL.select(&ps, 2), vec![1, 3]);
+        assert_eq!(DecodingPolicy::FREE_ENDS.select(&ps, 2), vec![2, 1]);
+    }
+
+    #[test]
+    fn a_threshold_commits_more_than_the_share() {
+        let ps = proposals(&[0.95, 0.2, 0.97, 0.93, 0.1], &[]);
+        assert_eq!(DecodingPolicy::PARALLEL.select(&ps, 5), vec![2]);
+        assert_eq!(
+            DecodingPolicy::PARALLEL_THRESHOLD.select(&ps, 5),
+            vec![2, 0, 3]
+        );
+    }
+
+    #[test]
+    fn left_to_right_commits_the_leading_run() {
+        let ps = proposals(&[0.3, 0.99, 0.99, 0.2], &[]);
+        assert_eq!(DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 4), vec![0]);
+        assert_eq!(DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 2), vec![0, 1]);
+        // The first masked position however unsure, then the confident ones after it, up to
+        // the first that is not.
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, 4),
+            vec![0, 1, 2]
+        );
+        let ps = proposals(&[0.5, 0.99, 0.5, 0.99], &[1]);
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, 4),
+            vec![0, 1]
+        );
+    }
+}
