@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod lm;
+mod ngram;
 pub mod policy;
 pub mod sampler;
 pub mod tokenizer;

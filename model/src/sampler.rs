@@ -18,6 +18,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{ModelError, Result};
 use crate::layout;
+use crate::ngram::DocumentNgrams;
 pub use crate::layout::ContextCache;
 use crate::policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Proposal};
 use crate::tokenizer::Tokenizer;
@@ -324,6 +325,24 @@ fn sample_top_p(probs: &[f32], top_p: f32, rng: &mut StdRng) -> usize {
     idx[0]
 }
 
+/// The two tokens before span position `j` (from the prefix at the span's start), or `None`
+/// while its left neighbour is masked.
+fn left_history(prefix: &[u32], tokens: &[Option<u32>], j: usize, end: u32) -> Option<Vec<u32>> {
+    let at = |i: isize| -> Option<u32> {
+        if i >= 0 {
+            tokens[i as usize].filter(|&t| t != end)
+        } else {
+            prefix.len().checked_sub(i.unsigned_abs()).map(|k| prefix[k])
+        }
+    };
+    let j = j as isize;
+    let one = at(j - 1)?;
+    Some(match at(j - 2) {
+        Some(two) => vec![two, one],
+        None => vec![one],
+    })
+}
+
 /// Text of the committed tokens before `end`, and each position's byte range in it.
 fn decode_view(
     tok: &Tokenizer,
@@ -461,6 +480,9 @@ pub fn infill_cached(
     let started = Instant::now();
     let mut layout = layout::for_request(model, tok, req, cache.as_deref_mut(), &mut stats)?;
     let max_steps = steps + params.max_extra_steps;
+    let ngrams = policy
+        .document_cache
+        .map(|_| DocumentNgrams::new(&[&req.prefix, &req.suffix]));
     let healed = req.healing.as_deref().filter(|h| !h.is_empty());
     let first_allowed = healed
         .map(|h| healing_allowed(tok, h, cfg.vocab_size))
@@ -511,7 +533,7 @@ pub fn infill_cached(
             };
             let (temp, top_p) = (cand.temperature, params.top_p);
             // One softmax per position and step, for every position that is not auto-filled.
-            let probs: Vec<Option<Vec<f32>>> = (0..n)
+            let mut probs: Vec<Option<Vec<f32>>> = (0..n)
                 .map(|j| (!cand.auto_end[j]).then(|| softmax(&rows[j], 1.0)))
                 .collect();
             // Refresh confidences of committed tokens (for self-correction and the hook).
@@ -521,6 +543,17 @@ pub fn infill_cached(
                 }
             }
             let masked = cand.masked_before_end(special.end);
+            if let (Some(ng), Some(w)) = (&ngrams, policy.document_cache) {
+                for &j in &masked {
+                    // Where the left neighbour is known (the healed first position aside).
+                    let history = left_history(&req.prefix, &cand.tokens, j, special.end);
+                    if let (Some(h), Some(p)) = (history, probs[j].as_mut()) {
+                        if !(j == 0 && first_allowed.is_some()) {
+                            ng.mix_into(p, &h, w);
+                        }
+                    }
+                }
+            }
             // An end before a committed token would drop it.
             let last_token = (0..n)
                 .rev()

@@ -101,11 +101,11 @@ pub enum CompleteError {
 
 /// The decoding policy of a span kind for a model of this layout. An autoregressive-first
 /// (`spm_block`) model decodes best left to right, where each position is predicted from its
-/// committed left neighbour; a bidirectional one by confidence (measured on the dev eval:
-/// MODEL.md and benches/README.md).
+/// committed left neighbour, with the document's n-gram cache; a bidirectional one by
+/// confidence. The dev eval of each choice is in MODEL.md ("Decoding").
 pub fn policy_for(layout: InfillLayout, kind: SpanKind) -> DecodingPolicy {
     match (layout, kind) {
-        (InfillLayout::SpmBlock, _) => DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD,
+        (InfillLayout::SpmBlock, _) => DecodingPolicy::LEFT_TO_RIGHT_CACHE,
         (InfillLayout::Bidirectional, _) => DecodingPolicy::PARALLEL,
     }
 }
