@@ -383,6 +383,52 @@ mod tests {
         assert_eq!(on.stats.span_len, off.stats.span_len + 1);
     }
 
+    /// Without an override a request decodes with its span kind's policy, and the answer is
+    /// the one that policy gives when named; every named policy runs and returns only
+    /// candidates that add no syntax error.
+    #[test]
+    fn a_request_decodes_with_its_kinds_policy_unless_one_is_named() {
+        let lm = fixture("trainer-spm");
+        let text = "fn main() {\n    let x = compute(1, 2);\n    let y = \n}\n";
+        let cursor = text.find("let y = ").unwrap() + 8;
+        let snap = Snapshot::from_text(
+            "file:///main.rs",
+            crate::language::by_language_id("rust"),
+            text,
+        );
+        let answer = |policy: Option<DecodingPolicy>| {
+            let req = Request {
+                snapshot: snap.clone(),
+                target: Target::Cursor(cursor),
+                settings: Settings::default(),
+                span_len: None,
+                heal: true,
+                policy,
+                cancel: CancelToken::default(),
+            };
+            complete(&lm, &req, None).unwrap()
+        };
+        let default = answer(None);
+        assert_eq!(default.kind, SpanKind::Line);
+        let chosen = policy_for(lm.config().infill_layout, default.kind);
+        assert_eq!(chosen, DecodingPolicy::LEFT_TO_RIGHT_CACHE);
+        let named = answer(Some(chosen));
+        let texts = |a: &Answer| a.items.iter().map(|i| i.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&default), texts(&named));
+        for policy in DecodingPolicy::ALL {
+            let a = answer(Some(policy.clone()));
+            let mut site = Site::new(&snap, a.replace.clone()).unwrap();
+            for item in &a.items {
+                assert!(
+                    site.new_errors(&item.text).is_empty(),
+                    "{}: {:?}",
+                    policy.name,
+                    item.text
+                );
+            }
+        }
+    }
+
     /// An `spm_block` model's context holds two sentinels besides prefix and suffix; the
     /// windows leave room for them within the model's positions.
     #[test]
