@@ -3,6 +3,9 @@
 //! The model is the tiny random-weight fixture, so these tests check protocol mechanics
 //! (framing, ordering, encodings, ranges, cancellation, commands, robustness), never content.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};

@@ -1,5 +1,6 @@
-//! `diffusion-ls eval`: fill-in-the-middle cases (see /work/shared/eval/README.md) through the
-//! same pipeline as the server, with accuracy, parse rate, latency and verifier counters.
+//! `diffusion-ls eval`: fill-in-the-middle cases (JSONL of id, lang, kind, prefix, middle,
+//! suffix: the dev set's format) through the same pipeline as the server, with accuracy, parse
+//! rate, latency and verifier counters.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -197,7 +198,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let lm = ModelSource::from_option(args.model.clone())
         .load()
         .context("loading the model")?;
-    eprintln!(
+    tracing::info!(
         "eval: {} loaded in {:.0} ms, {} cases",
         lm.describe(),
         t0.elapsed().as_secs_f64() * 1e3,
@@ -245,7 +246,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 a.stats,
             ),
             Err(e) => {
-                eprintln!("eval: {}: {e}", case.id);
+                tracing::warn!("eval: {}: {e}", case.id);
                 (String::new(), complete::Stats::default())
             }
         };

@@ -497,10 +497,10 @@ mod tests {
         let mut s = site(&doc).bounded(token.clone(), Duration::from_secs(60));
         assert!(s.new_errors("1").is_empty());
         token.cancel();
-        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        assert_eq!(s.new_errors("\"1\""), vec![0..3]);
         // Past the request's verification budget every check fails closed.
         let mut s = site(&doc).bounded(CancelToken::default(), Duration::ZERO);
-        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        assert_eq!(s.new_errors("\"1\""), vec![0..3]);
     }
 
     #[test]

@@ -12,9 +12,7 @@
 //!
 //! The model's positions come from its own line splitting and unit counting, not from ropey.
 
-use diffusion_ls::document::{Document, TextChange};
-use diffusion_ls::language;
-use diffusion_ls::position::{Encoding, LineCol};
+use diffusion_ls::{by_language_id, Document, Encoding, LineCol, TextChange};
 
 use crate::text::{addressable, lines, pick, width};
 use proptest::prelude::*;
@@ -131,7 +129,7 @@ fn shape(tree: &tree_sitter::Tree) -> Vec<(u16, usize, usize, bool)> {
 const BUDGET: Duration = Duration::from_secs(60);
 
 fn parser() -> Parser {
-    language::by_language_id("rust").unwrap().parser()
+    by_language_id("rust").unwrap().parser()
 }
 
 /// Tree-sitter point of `byte` in `text` (rows count `\n` only, as tree-sitter's do).
