@@ -387,28 +387,20 @@ fn initialize_advertises_features() {
         .iter()
         .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
     // Settings: initializationOptions, then a partial didChangeConfiguration on top.
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        settings.contains("steps: 3") && settings.contains("debounce_ms: 5"),
-        "{settings}"
-    );
+    let mut want = json!({
+        "model": null, "steps": 3, "maxSpanTokens": 256, "candidates": 1, "temperature": 0.0,
+        "contextTokens": 1024, "verify": true, "debounceMs": 5,
+    });
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].clone();
+    assert_eq!(settings, want);
     s.notify(
         "workspace/didChangeConfiguration",
         json!({"settings": {"diffusion-ls": {"candidates": 2, "verify": false}}}),
     );
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        settings.contains("steps: 3")
-            && settings.contains("candidates: 2")
-            && settings.contains("verify: false"),
-        "{settings}"
-    );
+    want["candidates"] = json!(2);
+    want["verify"] = json!(false);
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].clone();
+    assert_eq!(settings, want);
     s.shutdown();
 }
 

@@ -513,7 +513,8 @@ impl Backend {
             ModelStatus::Failed(reason) => reason,
             other => format!("{other:?}"),
         };
-        let settings = format!("{:?}", self.state().settings);
+        let settings = serde_json::to_value(&self.state().settings)
+            .map_err(|_| Error::internal_error())?;
         Ok(json!({ "ready": matches!(r, Ok(Ok(_))), "model": model, "settings": settings }))
     }
 
