@@ -23,7 +23,12 @@ fn exported(lib: &str) -> Vec<String> {
             Some(i) => &item[i + 1..item.rfind('}').unwrap()],
             None => item.rsplit("::").next().unwrap(),
         };
-        names.extend(list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from));
+        names.extend(
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from),
+        );
     }
     for f in public.split("pub fn ").skip(1) {
         names.push(f[..f.find('(').unwrap()].to_string());
@@ -63,7 +68,10 @@ fn the_api_page_names_what_the_crate_exports() {
         .into_iter()
         .filter(|n| !doc.contains(n.as_str()))
         .collect();
-    assert!(missing.is_empty(), "docs/model-api.md does not name {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/model-api.md does not name {missing:?}"
+    );
 }
 
 #[test]

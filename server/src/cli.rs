@@ -6,12 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::complete::{self, Request};
 use crate::config::Settings;
-use crate::context::Target;
-use crate::document::Snapshot;
-use crate::engine::{CancelToken, ModelSource};
 use crate::language;
+use crate::service::{Completed, Options, Service};
 
 #[derive(Debug, clap::Args)]
 pub struct CompleteArgs {
@@ -52,30 +49,54 @@ pub fn cursor_byte(rope: &ropey::Rope, line: usize, col: usize) -> anyhow::Resul
     Ok(rope.char_to_byte(start + (col - 1).min(content)))
 }
 
+/// A runtime for a command that drives the [`Service`] from the main thread (the model runs on
+/// its own thread, parses on the blocking pool).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A service with the model of `--model` loaded: its description and the time it took.
+pub fn loaded_service(
+    rt: &tokio::runtime::Runtime,
+    model: Option<PathBuf>,
+) -> anyhow::Result<(Service, String, f64)> {
+    let t0 = Instant::now();
+    let service = Service::new(model);
+    service.load();
+    let described = rt.block_on(service.ready()).context("loading the model")?;
+    Ok((service, described, t0.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The language id for a file, by its extension (`plaintext` without a grammar).
+pub fn language_id(path: &std::path::Path) -> &'static str {
+    language::by_path(path)
+        .and_then(|g| g.language_ids.first())
+        .copied()
+        .unwrap_or("plaintext")
+}
+
 pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let grammar = language::by_path(&args.file);
-    let snapshot = Snapshot::from_text(&format!("file://{}", args.file.display()), grammar, &text);
-    let at = cursor_byte(&snapshot.rope, args.line, args.col)?;
-    let t0 = Instant::now();
-    let lm = ModelSource::from_option(args.model)
-        .load()
-        .context("loading the model")?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let at = cursor_byte(&ropey::Rope::from_str(&text), args.line, args.col)?;
+    let rt = runtime()?;
+    let _in_runtime = rt.enter();
+    let (service, described, load_ms) = loaded_service(&rt, args.model)?;
     let mut settings = Settings::default();
     settings.steps = args.steps.unwrap_or(settings.steps);
     settings.candidates = args.candidates.unwrap_or(settings.candidates);
     settings.verify = !args.no_verify;
-    let req = Request {
-        snapshot,
-        target: Target::Cursor(at),
-        settings,
-        span_len: None,
-        heal: true,
-        cancel: CancelToken::default(),
+    // One request, nobody typing: nothing to wait for.
+    settings.debounce_ms = 0;
+    service.set_settings(settings);
+    let uri = format!("file://{}", args.file.display());
+    service.open(&uri, language_id(&args.file), 0, &text);
+    let done = rt.block_on(service.complete(&uri, |_| Ok(at), Options::default()))?;
+    let Some(Completed { answer, .. }) = done else {
+        anyhow::bail!("no completion: the model gave no answer");
     };
-    let answer = complete::complete(&lm, &req, None)?;
     let s = &answer.stats;
     let mut out = std::io::stdout().lock();
     if answer.items.is_empty() {
@@ -93,7 +114,7 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "--- {} | kind={:?} span={} context={} steps={} passes={} checks={} remasks={} rejections={}",
-        lm.describe(), answer.kind, s.span_len, s.context_tokens, s.steps, s.forward_passes, s.checks, s.remasks, s.rejections
+        described, answer.kind, s.span_len, s.context_tokens, s.steps, s.forward_passes, s.checks, s.remasks, s.rejections
     )?;
     writeln!(
         out,

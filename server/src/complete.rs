@@ -99,9 +99,7 @@ pub enum CompleteError {
 /// count stays the client's.
 pub fn decoding_for(lm: &DiffusionLm, settings: &Settings) -> SamplerParams {
     let mut params = sampler_params(settings);
-    if lm.config().infill_layout == model::InfillLayout::SpmBlock
-        && settings.commit_window == 0
-    {
+    if lm.config().infill_layout == model::InfillLayout::SpmBlock && settings.commit_window == 0 {
         params.commit_window = Some(1);
     }
     params

@@ -141,7 +141,7 @@ pub fn is_closing(c: char) -> bool {
 }
 
 /// The current line split at byte `at`: (text before, text after without the line break).
-fn line_around(rope: &Rope, at: usize) -> (String, String) {
+pub fn line_around(rope: &Rope, at: usize) -> (String, String) {
     let line = rope.byte_to_line(at);
     let start = rope.line_to_byte(line);
     let end = if line + 1 < rope.len_lines() {

@@ -10,12 +10,10 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::complete::{self, Request};
+use crate::complete;
 use crate::config::Settings;
-use crate::context::Target;
-use crate::document::Snapshot;
-use crate::engine::{CancelToken, ModelSource};
-use crate::language;
+use crate::context::SpanKind;
+use crate::service::{Completed, Options};
 use crate::verify::Site;
 
 #[derive(Debug, clap::Args)]
@@ -76,7 +74,11 @@ fn rust() -> String {
 #[derive(serde::Serialize)]
 struct CaseResult<'a> {
     id: &'a str,
+    /// The case's kind in the dev set (line, expr, span, block, body): what the hole is.
     kind: &'a str,
+    /// The span kind the server chose at the cursor (`line`, `block`), as in config.json's
+    /// `span_kinds`; absent when there was no answer.
+    span: Option<SpanKind>,
     completion: &'a str,
     middle: &'a str,
     exact: bool,
@@ -150,27 +152,6 @@ impl Tally {
     }
 }
 
-/// Edit similarity: 1 - levenshtein / max length, over chars (1 when both are empty).
-pub fn edit_similarity(a: &str, b: &str) -> f64 {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let max = a.len().max(b.len());
-    if max == 0 {
-        return 1.0;
-    }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != cb) as usize)
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    1.0 - prev[b.len()] as f64 / max as f64
-}
-
 fn squash(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -194,14 +175,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let t0 = Instant::now();
-    let lm = ModelSource::from_option(args.model.clone())
-        .load()
-        .context("loading the model")?;
+    let rt = crate::cli::runtime()?;
+    let _in_runtime = rt.enter();
+    let (service, described, load_ms) = crate::cli::loaded_service(&rt, args.model.clone())?;
     tracing::info!(
-        "eval: {} loaded in {:.0} ms, {} cases",
-        lm.describe(),
-        t0.elapsed().as_secs_f64() * 1e3,
+        "eval: {described} loaded in {load_ms:.0} ms, {} cases",
         cases.len()
     );
     let mut settings = Settings::default();
@@ -211,6 +189,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     settings.verify = !args.no_verify;
     settings.ends_left_to_right = !args.free_ends;
     settings.commit_window = args.commit_window.unwrap_or(settings.commit_window);
+    // One request per case, nobody typing: nothing to wait for.
+    settings.debounce_ms = 0;
+    service.set_settings(settings);
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -220,48 +201,58 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut kinds: BTreeMap<String, Tally> = BTreeMap::new();
     let mut all = Tally::default();
     for case in &cases {
-        let grammar = language::by_language_id(&case.lang);
         let text = format!("{}{}", case.prefix, case.suffix);
         let at = case.prefix.len();
-        let snapshot = Snapshot::from_text(&format!("eval:{}", case.id), grammar, &text);
+        let uri = format!("eval:{}", case.id);
         let span_len = if args.oracle_length {
-            Some(lm.encode(&case.middle)?.len() + 1)
+            Some(rt.block_on(service.token_count(&case.middle))? + 1)
         } else {
             None
         };
-        let req = Request {
-            snapshot: snapshot.clone(),
-            target: Target::Cursor(at),
-            settings: settings.clone(),
+        let options = Options {
             span_len,
             heal: !args.no_heal,
-            cancel: CancelToken::default(),
         };
+        service.open(&uri, &case.lang, 0, &text);
         let t = Instant::now();
-        let answer = complete::complete(&lm, &req, None);
+        let done = rt.block_on(service.complete(&uri, |_| Ok(at), options));
         let latency_ms = t.elapsed().as_secs_f64() * 1e3;
-        let (completion, stats) = match answer {
-            Ok(a) => (
-                a.items.first().map(|i| i.text.clone()).unwrap_or_default(),
-                a.stats,
+        service.close(&uri);
+        let (completion, span, stats, snapshot) = match done {
+            Ok(Some(Completed {
+                answer, snapshot, ..
+            })) => (
+                answer
+                    .items
+                    .first()
+                    .map(|i| i.text.clone())
+                    .unwrap_or_default(),
+                Some(answer.kind),
+                answer.stats,
+                Some(snapshot),
             ),
+            Ok(None) => (String::new(), None, complete::Stats::default(), None),
             Err(e) => {
                 tracing::warn!("eval: {}: {e}", case.id);
-                (String::new(), complete::Stats::default())
+                (String::new(), None, complete::Stats::default(), None)
             }
         };
         let empty = completion.trim().is_empty();
         let parses = (!empty).then(|| {
-            Site::new(&snapshot, at..at).is_some_and(|mut s| s.parses_cleanly(&completion))
+            snapshot
+                .and_then(|snap| Site::new(&snap, at..at))
+                .is_some_and(|mut s| s.parses_cleanly(&completion))
         });
         let r = CaseResult {
             id: &case.id,
             kind: &case.kind,
+            span,
             completion: &completion,
             middle: &case.middle,
             exact: completion == case.middle,
             em: squash(&completion) == squash(&case.middle),
-            es: edit_similarity(&completion, &case.middle),
+            // Edit similarity: 1 - Levenshtein distance / the longer length, over chars.
+            es: strsim::normalized_levenshtein(&completion, &case.middle),
             parses,
             empty,
             latency_ms,
@@ -341,11 +332,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn similarity() {
-        assert_eq!(edit_similarity("", ""), 1.0);
-        assert_eq!(edit_similarity("abc", "abc"), 1.0);
-        assert_eq!(edit_similarity("abc", ""), 0.0);
-        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
+    fn squash_drops_whitespace() {
         assert_eq!(squash(" a b\n"), "ab");
     }
 }

@@ -1,7 +1,9 @@
 //! diffusion-ls: a language server that completes code with a masked-diffusion language model.
 //!
-//! Only [`lsp`] and [`service`] speak JSON-RPC; the rest works on plain text, ropes and byte
-//! offsets so the CLI (`complete`, `eval`) runs the very same pipeline ([`complete::complete`]).
+//! Only [`lsp`] speaks JSON-RPC. Under it, the completion [`service`] owns documents, settings,
+//! the model and every request's life, with no protocol in it; the `complete` and `eval`
+//! commands drive the same service, so they see what an editor sees. Below it everything works
+//! on plain text, ropes and byte offsets ([`complete::complete`] is one request start to end).
 //!
 //! Every module is private. The crate's face is what the binary (`main.rs`) and the
 //! integration tests need, re-exported below.
@@ -16,16 +18,14 @@ mod eval;
 mod language;
 mod lsp;
 mod position;
-mod reuse;
 mod service;
 mod syntax;
-mod transport;
 mod verify;
 
 // The binary's commands.
 pub use cli::{run as run_complete, CompleteArgs};
 pub use eval::{run as run_eval, EvalArgs};
-pub use service::{serve_stdio, serve_tcp, SHUTDOWN_REQUESTED};
+pub use lsp::{serve_stdio, serve_tcp, Exit};
 
 // What the reliability tests (tests/reliability) drive directly: documents under random edits
 // in every position encoding, against their own model of the text.

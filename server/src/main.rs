@@ -59,18 +59,14 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
+            let exit = rt.block_on(async {
                 match cli.listen {
                     Some(addr) => diffusion_ls::serve_tcp(addr, cli.model).await,
-                    None => {
-                        diffusion_ls::serve_stdio(cli.model).await;
-                        Ok(())
-                    }
+                    None => Ok(diffusion_ls::serve_stdio(cli.model).await),
                 }
             })?;
             // The model thread may be mid-request; exit without waiting for it.
-            let clean = diffusion_ls::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed);
-            std::process::exit(if clean { 0 } else { 1 });
+            std::process::exit(exit.code());
         }
         Some(Command::Complete(mut args)) => {
             args.model = args.model.or(cli.model);
