@@ -32,3 +32,4 @@ pub use lsp::{serve_stdio, serve_tcp, Exit};
 pub use document::{Document, TextChange};
 pub use language::by_language_id;
 pub use position::{Encoding, LineCol};
+pub use syntax::for_each_node;
