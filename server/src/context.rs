@@ -11,10 +11,6 @@ use crate::config::Settings;
 use crate::document::Snapshot;
 use crate::syntax;
 
-/// Tokens for a completion that finishes the current line.
-pub const LINE_SPAN_TOKENS: usize = 24;
-/// Tokens for a completion that opens a new block body.
-pub const BLOCK_SPAN_TOKENS: usize = 64;
 /// Text is read around the cursor in byte windows this many times the token budget, which
 /// holds more than enough tokens (code averages ~3 bytes per token) without tokenizing a file.
 const BYTES_PER_TOKEN_WINDOW: usize = 8;
@@ -30,6 +26,8 @@ pub enum Target {
     Function(usize),
 }
 
+/// What the masked span is. The names (`line`, `block`, ...) are the one vocabulary: the keys
+/// of `span_kinds` in the model's config.json, and what eval reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanKind {
@@ -39,6 +37,40 @@ pub enum SpanKind {
     Block,
     Selection,
     Function,
+}
+
+/// Masked positions for the span kinds sized by the model rather than by the text: the
+/// trainer writes them into config.json (`span_kinds`, from `SPAN_KINDS` in
+/// train/diffusion_train/data.py); a config without them gets the lengths of that same
+/// definition, here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanTokens {
+    /// A completion that finishes the current line.
+    pub line: usize,
+    /// A completion that opens a new block body.
+    pub block: usize,
+}
+
+impl Default for SpanTokens {
+    fn default() -> Self {
+        SpanTokens {
+            line: 24,
+            block: 64,
+        }
+    }
+}
+
+impl SpanTokens {
+    /// The model's lengths (config.json's `span_kinds`), each kind it does not name at its
+    /// default.
+    pub fn of(config: &model::Config) -> SpanTokens {
+        let default = SpanTokens::default();
+        let get = |kind: &str, or: usize| config.span_kinds.get(kind).copied().unwrap_or(or);
+        SpanTokens {
+            line: get("line", default.line),
+            block: get("block", default.block),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +101,7 @@ pub fn plan(
     snap: &Snapshot,
     target: &Target,
     settings: &Settings,
+    spans: &SpanTokens,
     count_tokens: &dyn Fn(&str) -> usize,
 ) -> Result<Plan, PlanError> {
     let rope = &snap.rope;
@@ -102,8 +135,8 @@ pub fn plan(
         _ => 0,
     };
     let span_len = match kind {
-        SpanKind::Line => LINE_SPAN_TOKENS,
-        SpanKind::Block => BLOCK_SPAN_TOKENS,
+        SpanKind::Line => spans.line,
+        SpanKind::Block => spans.block,
         // Slack lets the rewrite be a little longer than the original; +1 for the end token.
         SpanKind::Selection | SpanKind::Function => original + (original / 4).max(4) + 1,
     }
@@ -400,6 +433,47 @@ mod tests {
         for (src, want) in cases {
             let (rope, i) = at(src);
             assert_eq!(cursor_kind(&rope, i), want, "{src:?}");
+        }
+    }
+
+    #[test]
+    fn span_lengths_come_from_the_model() {
+        let mut cfg = model::Config::default_family(16, 8, 1, 2, 2, 16, 128);
+        assert_eq!(SpanTokens::of(&cfg), SpanTokens::default());
+        cfg.span_kinds.insert("line".into(), 16);
+        let spans = SpanTokens {
+            line: 16,
+            block: 64,
+        };
+        assert_eq!(SpanTokens::of(&cfg), spans);
+    }
+
+    /// The shipped model and the trainer's fixtures carry `span_kinds` as the trainer writes
+    /// them: the server's kind names, with the lengths of the one definition.
+    #[test]
+    fn models_name_the_server_span_kinds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model");
+        let names: Vec<String> = [SpanKind::Line, SpanKind::Block]
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        for dir in [
+            "default",
+            "tests/fixtures/trainer-spm",
+            "tests/fixtures/trainer-inplace",
+        ] {
+            let path = root.join(dir).join("config.json");
+            let cfg = model::Config::from_file(&path).unwrap();
+            let keys: Vec<&String> = cfg.span_kinds.keys().collect();
+            assert_eq!(keys, ["block", "line"], "{}", path.display());
+            assert!(keys.iter().all(|k| names.contains(k)));
+            assert_eq!(SpanTokens::of(&cfg), SpanTokens::default(), "{dir}");
         }
     }
 
