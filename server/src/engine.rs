@@ -3,7 +3,7 @@
 //!
 //! Why a thread and not `spawn_blocking`: the model is CPU-bound and single-instance; one
 //! owner thread gives a natural FIFO, keeps its caches warm, and leaves the message loop's
-//! threads free. Future K/V reuse across keystrokes lives here, next to the model.
+//! threads free. The per-document context K/V caches live here, next to the model.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
