@@ -21,15 +21,42 @@ pub struct CompleteArgs {
     /// past the end of the line means the end of the line.
     #[arg(long)]
     pub col: usize,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub candidates: Option<usize>,
-    #[arg(long)]
-    pub no_verify: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The model and the settings `complete` and `eval` both take.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// HF-format model folder (default: the embedded model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Refinement steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Candidates decoded together.
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// Prefix + suffix budget in tokens.
+    #[arg(long)]
+    pub context_tokens: Option<usize>,
+    /// Turn the tree-sitter check off.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl RunArgs {
+    /// The server's default settings with these flags on top, and no debounce: one request at a
+    /// time, nobody typing, nothing to wait for.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        s.steps = self.steps.unwrap_or(s.steps);
+        s.candidates = self.candidates.unwrap_or(s.candidates);
+        s.context_tokens = self.context_tokens.unwrap_or(s.context_tokens);
+        s.verify = !self.no_verify;
+        s.debounce_ms = 0;
+        s
+    }
 }
 
 /// Byte offset of a 1-based (line, char column), the column clamped to the line's end.
@@ -83,14 +110,8 @@ pub fn run(args: CompleteArgs) -> anyhow::Result<()> {
     let at = cursor_byte(&ropey::Rope::from_str(&text), args.line, args.col)?;
     let rt = runtime()?;
     let _in_runtime = rt.enter();
-    let (service, described, load_ms) = loaded_service(&rt, args.model)?;
-    let mut settings = Settings::default();
-    settings.steps = args.steps.unwrap_or(settings.steps);
-    settings.candidates = args.candidates.unwrap_or(settings.candidates);
-    settings.verify = !args.no_verify;
-    // One request, nobody typing: nothing to wait for.
-    settings.debounce_ms = 0;
-    service.set_settings(settings);
+    let (service, described, load_ms) = loaded_service(&rt, args.run.model.clone())?;
+    service.set_settings(args.run.settings());
     let uri = format!("file://{}", args.file.display());
     service.open(&uri, language_id(&args.file), 0, &text);
     let done = rt.block_on(service.complete(&uri, |_| Ok(at), Options::default()))?;

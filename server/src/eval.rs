@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::cli::RunArgs;
 use crate::complete;
-use crate::config::Settings;
 use crate::context::SpanKind;
 use crate::service::{Completed, Options};
 use crate::verify::Site;
@@ -27,9 +27,6 @@ pub struct EvalArgs {
     /// Only these kinds, comma separated (line,expr,span,block,body).
     #[arg(long, value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
-    /// Turn the tree-sitter check off.
-    #[arg(long)]
-    pub no_verify: bool,
     /// Span length = tokens of the reference middle + 1 (end token), not the syntax-sized one.
     #[arg(long)]
     pub oracle_length: bool,
@@ -42,15 +39,8 @@ pub struct EvalArgs {
     /// Commit only among the first N masked positions per step (0 = anywhere).
     #[arg(long)]
     pub commit_window: Option<usize>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub candidates: Option<usize>,
-    #[arg(long)]
-    pub context_tokens: Option<usize>,
-    /// HF-format model folder (default: the embedded model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Write one JSON line per case here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -177,20 +167,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let rt = crate::cli::runtime()?;
     let _in_runtime = rt.enter();
-    let (service, described, load_ms) = crate::cli::loaded_service(&rt, args.model.clone())?;
+    let (service, described, load_ms) = crate::cli::loaded_service(&rt, args.run.model.clone())?;
     tracing::info!(
         "eval: {described} loaded in {load_ms:.0} ms, {} cases",
         cases.len()
     );
-    let mut settings = Settings::default();
-    settings.steps = args.steps.unwrap_or(settings.steps);
-    settings.candidates = args.candidates.unwrap_or(settings.candidates);
-    settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
-    settings.verify = !args.no_verify;
+    let mut settings = args.run.settings();
     settings.ends_left_to_right = !args.free_ends;
     settings.commit_window = args.commit_window.unwrap_or(settings.commit_window);
-    // One request per case, nobody typing: nothing to wait for.
-    settings.debounce_ms = 0;
     service.set_settings(settings);
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(

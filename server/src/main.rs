@@ -69,11 +69,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(exit.code());
         }
         Some(Command::Complete(mut args)) => {
-            args.model = args.model.or(cli.model);
+            args.run.model = args.run.model.or(cli.model);
             diffusion_ls::run_complete(args)
         }
         Some(Command::Eval(mut args)) => {
-            args.model = args.model.or(cli.model);
+            args.run.model = args.run.model.or(cli.model);
             diffusion_ls::run_eval(args)
         }
     }

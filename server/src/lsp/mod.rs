@@ -296,8 +296,10 @@ impl LanguageServer for Backend {
         let changes = to_proto::text_changes(params.content_changes);
         let enc = self.negotiated().encoding;
         let version = params.text_document.version;
-        if let Err(e) = self.service.change(uri, version, &changes, enc) {
-            tracing::error!(uri, "bad didChange, the document may be out of sync: {e}");
+        match self.service.change(uri, version, &changes, enc) {
+            Ok(()) => {}
+            Err(e @ service::Error::UnknownDocument(_)) => tracing::warn!("didChange: {e}"),
+            Err(e) => tracing::error!(uri, "bad didChange, the document may be out of sync: {e}"),
         }
     }
 
