@@ -15,6 +15,7 @@ mod context;
 mod document;
 mod engine;
 mod eval;
+mod finish;
 mod language;
 mod lsp;
 mod position;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use model::{StepHook, StepView, Verdict};
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
-use crate::context::Finish;
 use crate::document::Snapshot;
 use crate::engine::CancelToken;
+use crate::finish::Finish;
 use crate::syntax::{self, parse_bounded, SyntaxError, CHECK_PARSE_BUDGET};
 
 /// Remask rounds allowed after the planned steps before a candidate is rejected.

@@ -9,8 +9,9 @@ use tower_lsp_server::jsonrpc;
 use tower_lsp_server::ls_types::*;
 
 use super::ext::{self, AcceptArgs, FillArgs, RewriteArgs};
-use crate::context::{is_closing, line_around};
+use crate::context::line_around;
 use crate::document::TextChange;
+use crate::finish::is_closing;
 use crate::position::{self, Encoding, LineCol};
 use crate::service::{self, Actions, Completed};
 
