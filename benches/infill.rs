@@ -3,16 +3,17 @@
 //! the baseline in the same run, autoregressive decoding of the same 32 tokens by the same network
 //! (causal mask + KV cache). Throughputs are tokens/s (or FLOP/s for the matmul peak).
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use model::config::Config;
-use model::sampler::{generate_autoregressive, infill};
-use model::tokenizer::Tokenizer;
-use model::transformer::{parameter_shapes, ActiveWindow, Transformer};
-use model::weights::TensorStore;
-use model::{InfillRequest, NoHook, SamplerParams};
+use model::internals::{
+    generate_autoregressive, parameter_shapes, ActiveWindow, TensorStore, Transformer,
+};
+use model::{infill, Config, InfillRequest, NoHook, SamplerParams, Tokenizer};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[global_allocator]

@@ -1,4 +1,8 @@
 //! Embeds the default model (model/default/) when all of its files are present.
+
+// Cargo reads a build script's instructions from its stdout.
+#![allow(clippy::print_stdout)]
+
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("default");
     println!("cargo:rustc-check-cfg=cfg(default_model)");

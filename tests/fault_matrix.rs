@@ -3,6 +3,9 @@
 //! needs no model, without a busy loop. Plus a panic on the model thread in the middle of a
 //! request: that request gets an error, the next one works.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 #[path = "support/client.rs"]
 mod client;
 

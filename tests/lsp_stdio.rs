@@ -3,234 +3,24 @@
 //! The model is the tiny random-weight fixture, so these tests check protocol mechanics
 //! (framing, ordering, encodings, ranges, cancellation, commands, robustness), never content.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/client.rs"]
+mod client;
+
+use std::time::Duration;
+
+use client::{inline_params, pos, Client, Options, TIMEOUT};
 use serde_json::{json, Value};
-
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn fixture() -> String {
-    format!(
-        "{}/../model/tests/fixtures/qwen2-gqa-untied",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    rx: Receiver<Value>,
-    next_id: i64,
-    /// Server-to-client requests seen (method, params), answered automatically.
-    pub server_requests: Vec<(String, Value)>,
-    pub notifications: Vec<(String, Value)>,
-}
-
-impl Server {
-    fn start() -> Server {
-        Server::start_with(&["--model", &fixture()])
-    }
-
-    fn start_with(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_diffusion-ls"))
-            .args(args)
-            .env("DIFFUSION_LS_LOG", "debug")
-            .env("DIFFUSION_LS_TEST_PANIC", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn diffusion-ls");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            loop {
-                let mut len = None;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.strip_prefix("Content-Length: ") {
-                        len = v.parse::<usize>().ok();
-                    }
-                }
-                let mut body = vec![0; len.expect("Content-Length header")];
-                if r.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let v: Value = serde_json::from_slice(&body).expect("server sent valid JSON");
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        Server {
-            child,
-            stdin,
-            rx,
-            next_id: 1,
-            server_requests: vec![],
-            notifications: vec![],
-        }
-    }
-
-    fn write_raw(&mut self, body: &[u8]) {
-        write!(self.stdin, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
-        self.stdin.write_all(body).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn send(&mut self, v: &Value) {
-        self.write_raw(serde_json::to_string(v).unwrap().as_bytes());
-    }
-
-    fn notify(&mut self, method: &str, params: Value) {
-        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
-    }
-
-    /// Sends a request and returns its id without waiting.
-    fn send_request(&mut self, method: &str, params: Value) -> i64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        id
-    }
-
-    /// Next message that is a response (for `id`, or with a null id when `id` is None),
-    /// answering server requests on the way.
-    fn wait_response(&mut self, id: Option<i64>) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = match self.rx.recv_timeout(left) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no response for {id:?} within {TIMEOUT:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("server closed stdout waiting for {id:?}")
-                }
-            };
-            if let Some(method) = msg.get("method").and_then(Value::as_str) {
-                let params = msg.get("params").cloned().unwrap_or(Value::Null);
-                if let Some(req_id) = msg.get("id") {
-                    let result = match method {
-                        "workspace/applyEdit" => json!({"applied": true}),
-                        _ => Value::Null,
-                    };
-                    let reply = json!({"jsonrpc": "2.0", "id": req_id, "result": result});
-                    self.server_requests.push((method.to_string(), params));
-                    self.send(&reply);
-                } else {
-                    self.notifications.push((method.to_string(), params));
-                }
-                continue;
-            }
-            let got = msg.get("id").and_then(Value::as_i64);
-            if got == id {
-                return msg;
-            }
-        }
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.send_request(method, params);
-        self.wait_response(Some(id))
-    }
-
-    fn result(&mut self, method: &str, params: Value) -> Value {
-        let r = self.request(method, params);
-        assert!(r.get("error").is_none(), "{method} failed: {r}");
-        r["result"].clone()
-    }
-
-    fn initialize(&mut self, encodings: &[&str], options: Value) -> Value {
-        let r = self.result(
-            "initialize",
-            json!({
-                "processId": null,
-                "rootUri": null,
-                "capabilities": {"general": {"positionEncodings": encodings}},
-                "initializationOptions": options,
-            }),
-        );
-        self.notify("initialized", json!({}));
-        r
-    }
-
-    fn open(&mut self, uri: &str, text: &str) {
-        self.notify(
-            "textDocument/didOpen",
-            json!({"textDocument": {"uri": uri, "languageId": "rust", "version": 1, "text": text}}),
-        );
-    }
-
-    fn text(&mut self, uri: &str) -> (i64, String) {
-        let r = self.result("diffusionLs/debugDocument", json!({"uri": uri}));
-        (
-            r["version"].as_i64().unwrap(),
-            r["text"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn wait_ready(&mut self) {
-        let r = self.result("diffusionLs/status", Value::Null);
-        assert_eq!(r["ready"], true, "model did not load: {r}");
-    }
-
-    fn shutdown(mut self) {
-        let r = self.request("shutdown", Value::Null);
-        assert!(r.get("error").is_none(), "{r}");
-        self.notify("exit", Value::Null);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after `exit`"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Settings that make the random model produce items: no syntax check, several candidates.
 fn loose() -> Value {
     json!({"verify": false, "candidates": 3, "debounceMs": 0})
 }
 
-fn pos(line: u32, character: u32) -> Value {
-    json!({"line": line, "character": character})
-}
-
 fn at(uri: &str, line: u32, character: u32) -> Value {
     json!({"textDocument": {"uri": uri}, "position": pos(line, character)})
-}
-
-fn inline_params(uri: &str, line: u32, character: u32) -> Value {
-    let mut p = at(uri, line, character);
-    p["context"] = json!({"triggerKind": 2});
-    p
 }
 
 /// Applies an LSP change (`range` in UTF-16 or UTF-8 units) to a String, independently of ropey.
@@ -255,7 +45,7 @@ fn apply(text: &mut String, (l0, c0, l1, c1): (u32, u32, u32, u32), new: &str, u
 }
 
 fn edit_session(utf8: bool) {
-    let mut s = Server::start();
+    let mut s = Client::start();
     let enc = if utf8 { "utf-8" } else { "utf-16" };
     let init = s.initialize(
         if utf8 {
@@ -333,7 +123,7 @@ fn incremental_edits_with_emoji_utf8() {
 
 #[test]
 fn initialize_advertises_features() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     let init = s.result(
         "initialize",
         json!({
@@ -362,19 +152,7 @@ fn initialize_advertises_features() {
     }
     s.wait_ready();
     // Loading reported progress: create, begin, end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s
-        .notifications
-        .iter()
-        .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "end")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no end of progress: {:?}",
-            s.notifications
-        );
-        s.result("diffusionLs/status", Value::Null);
-    }
+    s.wait_notification("$/progress", |p| p["value"]["kind"] == "end");
     assert!(s
         .server_requests
         .iter()
@@ -384,28 +162,20 @@ fn initialize_advertises_features() {
         .iter()
         .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
     // Settings: initializationOptions, then a partial didChangeConfiguration on top.
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        settings.contains("steps: 3") && settings.contains("debounce_ms: 5"),
-        "{settings}"
-    );
+    let mut want = json!({
+        "model": null, "steps": 3, "maxSpanTokens": 256, "candidates": 1, "temperature": 0.0,
+        "contextTokens": 1024, "verify": true, "debounceMs": 5,
+    });
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].clone();
+    assert_eq!(settings, want);
     s.notify(
         "workspace/didChangeConfiguration",
         json!({"settings": {"diffusion-ls": {"candidates": 2, "verify": false}}}),
     );
-    let settings = s.result("diffusionLs/status", Value::Null)["settings"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        settings.contains("steps: 3")
-            && settings.contains("candidates: 2")
-            && settings.contains("verify: false"),
-        "{settings}"
-    );
+    want["candidates"] = json!(2);
+    want["verify"] = json!(false);
+    let settings = s.result("diffusionLs/status", Value::Null)["settings"].clone();
+    assert_eq!(settings, want);
     s.shutdown();
 }
 
@@ -414,7 +184,7 @@ const SRC: &str =
 
 #[test]
 fn inline_completion_items() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-16"], loose());
     s.wait_ready();
     let uri = "file:///tmp/inline.rs";
@@ -457,7 +227,7 @@ fn inline_completion_items() {
 
 #[test]
 fn completion_items_for_menus() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-8", "utf-16"], loose());
     s.wait_ready();
     let uri = "file:///tmp/menu.rs";
@@ -482,31 +252,46 @@ fn completion_items_for_menus() {
 
 #[test]
 fn typing_into_a_completion_is_served_from_it() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-8"], loose());
     s.wait_ready();
     let uri = "file:///tmp/typing.rs";
     s.open(uri, SRC);
-    let col = "    let sum = foo(".len() as u32;
-    let r = s.result("textDocument/inlineCompletion", inline_params(uri, 1, col));
-    let first = r["items"][0]["insertText"]
-        .as_str()
-        .expect("an item")
-        .to_string();
-    let completion = first.strip_suffix(");").unwrap();
+    // The first cursor where the random model offers an item of two characters or more (the
+    // fixture is deterministic: always the same one).
+    let lines: Vec<&str> = SRC.lines().collect();
+    let cursors = [
+        (1, "    let sum = foo(".len()),
+        (1, "    let sum = ".len()),
+        (2, 7),
+        (6, 4),
+    ];
+    let (line, col, completion, closers) = cursors
+        .iter()
+        .find_map(|&(line, col)| {
+            let r = s.result(
+                "textDocument/inlineCompletion",
+                inline_params(uri, line, col as u32),
+            );
+            let closers = &lines[line as usize][col..];
+            r["items"].as_array()?.iter().find_map(|i| {
+                let text = i["insertText"].as_str()?.strip_suffix(closers)?;
+                let mut c = text.chars();
+                (c.next().is_some() && !c.as_str().trim().is_empty())
+                    .then(|| (line, col as u32, text.to_string(), closers.to_string()))
+            })
+        })
+        .expect("an item of two characters or more at one of the cursors");
     let typed: String = completion.chars().take(1).collect();
     let rest = &completion[typed.len()..];
-    if rest.trim().is_empty() {
-        return; // nothing left to serve; the random model gave a one-character answer
-    }
     s.notify(
         "textDocument/didChange",
         json!({"textDocument": {"uri": uri, "version": 2},
-               "contentChanges": [{"range": {"start": pos(1, col), "end": pos(1, col)}, "text": typed}]}),
+               "contentChanges": [{"range": {"start": pos(line, col), "end": pos(line, col)}, "text": typed}]}),
     );
     let r = s.result(
         "textDocument/inlineCompletion",
-        inline_params(uri, 1, col + typed.len() as u32),
+        inline_params(uri, line, col + typed.len() as u32),
     );
     let texts: Vec<&str> = r["items"]
         .as_array()
@@ -515,15 +300,18 @@ fn typing_into_a_completion_is_served_from_it() {
         .map(|i| i["insertText"].as_str().unwrap())
         .collect();
     assert!(
-        texts.contains(&format!("{rest});").as_str()),
+        texts.contains(&format!("{rest}{closers}").as_str()),
         "{texts:?} should contain {rest:?}"
     );
     s.shutdown();
 }
 
+/// LSP's answers for work that stopped: RequestCancelled for `$/cancelRequest` and for
+/// requests still running at `shutdown`, ContentModified for a request a newer one replaced
+/// or an edit made stale (rust-analyzer's convention: the client asks again).
 #[test]
-fn cancellation_and_supersession() {
-    let mut s = Server::start();
+fn cancelled_superseded_and_stale_requests_answer_with_lsp_errors() {
+    let mut s = Client::start();
     // A long debounce keeps the requests pending long enough to cancel them.
     s.initialize(&["utf-16"], json!({"verify": false, "debounceMs": 800}));
     s.wait_ready();
@@ -531,42 +319,63 @@ fn cancellation_and_supersession() {
     s.open(uri, SRC);
     let id = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 7));
     s.notify("$/cancelRequest", json!({"id": id}));
-    let r = s.wait_response(Some(id));
+    let r = s.wait_response(id);
     assert_eq!(r["error"]["code"], -32800, "cancelled request: {r}");
-    // A newer request for the same document supersedes the older one, which answers nothing.
+    // A newer request for the same document supersedes the older one.
     let old = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 7));
-    let new = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 6));
-    let r_old = s.wait_response(Some(old));
-    assert!(r_old["result"].is_null(), "superseded: {r_old}");
-    let r_new = s.wait_response(Some(new));
-    assert!(r_new.get("error").is_none(), "{r_new}");
+    let new = s.send_request("textDocument/completion", at(uri, 2, 6));
+    let r_old = s.wait_response(old);
+    assert_eq!(r_old["error"]["code"], -32801, "superseded: {r_old}");
+    let r_new = s.wait_response(new);
+    assert!(r_new["result"]["items"].is_array(), "{r_new}");
     // An edit makes a pending request stale.
-    let stale = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 7));
+    let stale = s.send_request("textDocument/completion", at(uri, 2, 7));
     s.notify(
         "textDocument/didChange",
         json!({"textDocument": {"uri": uri, "version": 2},
                "contentChanges": [{"range": {"start": pos(2, 7), "end": pos(2, 7)}, "text": "x"}]}),
     );
-    let r = s.wait_response(Some(stale));
-    assert!(r["result"].is_null(), "stale: {r}");
-    s.shutdown();
+    let r = s.wait_response(stale);
+    assert_eq!(r["error"]["code"], -32801, "stale: {r}");
+    // So does closing the document.
+    let closed = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 7));
+    s.notify(
+        "textDocument/didClose",
+        json!({"textDocument": {"uri": uri}}),
+    );
+    let r = s.wait_response(closed);
+    assert_eq!(r["error"]["code"], -32801, "closed: {r}");
+    // Shutdown stops what is still running.
+    s.open(uri, SRC);
+    let running = s.send_request("textDocument/inlineCompletion", inline_params(uri, 2, 7));
+    let shutdown = s.send_request("shutdown", Value::Null);
+    let r = s.wait_response(running);
+    assert_eq!(r["error"]["code"], -32800, "running at shutdown: {r}");
+    let r = s.wait_response(shutdown);
+    assert!(r.get("error").is_none(), "{r}");
+    s.notify("exit", Value::Null);
+    let status = s.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+fn code_actions(s: &mut Client, uri: &str, range: Value) -> Value {
+    s.request(
+        "textDocument/codeAction",
+        json!({"textDocument": {"uri": uri}, "range": range, "context": {"diagnostics": []}}),
+    )
 }
 
 #[test]
 fn code_actions_and_commands_apply_edits() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-16"], loose());
     s.wait_ready();
     let uri = "file:///tmp/actions.rs";
     s.open(uri, SRC);
     let selection = json!({"start": pos(1, 14), "end": pos(1, 19)});
-    let r = s.result(
-        "textDocument/codeAction",
-        json!({"textDocument": {"uri": uri}, "range": selection, "context": {"diagnostics": []}}),
-    );
-    let commands: Vec<&str> = r
-        .as_array()
-        .unwrap()
+    let r = code_actions(&mut s, uri, selection.clone());
+    let actions = r["result"].as_array().unwrap();
+    let commands: Vec<&str> = actions
         .iter()
         .map(|a| a["command"]["command"].as_str().unwrap())
         .collect();
@@ -575,62 +384,143 @@ fn code_actions_and_commands_apply_edits() {
         ["diffusion-ls.fillSelection", "diffusion-ls.rewriteFunction"]
     );
     // Outside any function: no rewrite.
-    let r = s.result(
-        "textDocument/codeAction",
-        json!({"textDocument": {"uri": uri}, "range": {"start": pos(4, 0), "end": pos(4, 0)}, "context": {"diagnostics": []}}),
-    );
-    assert_eq!(r.as_array().unwrap().len(), 0, "{r}");
+    let r = code_actions(&mut s, uri, json!({"start": pos(4, 0), "end": pos(4, 0)}));
+    assert_eq!(r["result"], json!([]), "{r}");
 
-    let args = r#"{"command": "diffusion-ls.fillSelection", "arguments": [{"uri": "file:///tmp/actions.rs", "range": {"start": {"line": 1, "character": 14}, "end": {"line": 1, "character": 19}}}]}"#;
-    let r = s.result(
-        "workspace/executeCommand",
-        serde_json::from_str(args).unwrap(),
+    // Run the commands as the client would: with the arguments the actions carry.
+    let fill = actions[0]["command"].clone();
+    assert_eq!(fill["arguments"], json!([{"uri": uri, "range": selection}]));
+    let r = s.result("workspace/executeCommand", fill);
+    assert_eq!(r, json!({"applied": true}));
+    let (method, params) = s.server_requests.last().unwrap().clone();
+    assert_eq!(method, "workspace/applyEdit");
+    let edit = &params["edit"]["changes"][uri][0];
+    assert_eq!(edit["range"], selection);
+    assert!(
+        !edit["newText"].as_str().unwrap().trim().is_empty(),
+        "{edit}"
     );
-    if r["applied"] == true {
-        let (method, params) = s
-            .server_requests
-            .last()
-            .expect("an applyEdit request")
-            .clone();
-        assert_eq!(method, "workspace/applyEdit");
-        let edit = &params["edit"]["changes"][uri][0];
-        assert_eq!(edit["range"], selection);
-    } else {
-        assert!(r["reason"].is_string(), "{r}");
-    }
     // The server never edits the document itself.
     assert_eq!(s.text(uri).1, SRC);
 
+    let rewrite = actions[1]["command"].clone();
+    assert_eq!(
+        rewrite["arguments"],
+        json!([{"uri": uri, "position": pos(1, 14)}])
+    );
+    let r = s.result("workspace/executeCommand", rewrite);
+    assert_eq!(r, json!({"applied": true}));
+    let (_, params) = s.server_requests.last().unwrap().clone();
+    let edit = &params["edit"]["changes"][uri][0];
+    assert_eq!(
+        edit["range"],
+        json!({"start": pos(0, 31), "end": pos(3, 0)}),
+        "the body inside the braces"
+    );
+    // A client that refuses the edit: the answer says so.
+    s.apply_edit_reply = json!({"applied": false});
     let r = s.result(
         "workspace/executeCommand",
         json!({"command": "diffusion-ls.rewriteFunction", "arguments": [{"uri": uri, "position": pos(2, 4)}]}),
     );
-    if r["applied"] == true {
-        let (_, params) = s.server_requests.last().unwrap().clone();
-        let edit = &params["edit"]["changes"][uri][0];
-        assert_eq!(
-            edit["range"],
-            json!({"start": pos(0, 31), "end": pos(3, 0)}),
-            "the body inside the braces"
+    assert_eq!(r["applied"], false, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("client"), "{r}");
+    assert_eq!(s.text(uri).1, SRC);
+    s.shutdown();
+}
+
+/// Every request that cannot be carried out answers InvalidParams, naming what is wrong.
+#[test]
+fn bad_requests_answer_invalid_params() {
+    let mut s = Client::start();
+    s.initialize(&["utf-16"], loose());
+    let uri = "file:///tmp/invalid.rs";
+    s.open(uri, SRC);
+    let command = |command: &str, args: Value| json!({"command": command, "arguments": [args]});
+    let cases = [
+        (
+            "workspace/executeCommand",
+            command("diffusion-ls.nope", json!({})),
+            "unknown command",
+        ),
+        (
+            "workspace/executeCommand",
+            command("diffusion-ls.fillSelection", json!({"nope": 1})),
+            "bad arguments",
+        ),
+        (
+            "workspace/executeCommand",
+            command(
+                "diffusion-ls.fillSelection",
+                json!({"uri": uri, "range": {"start": pos(1, 4), "end": pos(1, 4)}}),
+            ),
+            "selection is empty",
+        ),
+        (
+            "workspace/executeCommand",
+            command(
+                "diffusion-ls.fillSelection",
+                json!({"uri": uri, "range": {"start": pos(1, 9), "end": pos(1, 4)}}),
+            ),
+            "range ends before it starts",
+        ),
+        (
+            "workspace/executeCommand",
+            command(
+                "diffusion-ls.fillSelection",
+                json!({"uri": "file:///nowhere.rs", "range": {"start": pos(0, 0), "end": pos(0, 1)}}),
+            ),
+            "unknown document",
+        ),
+        (
+            "workspace/executeCommand",
+            command(
+                "diffusion-ls.rewriteFunction",
+                json!({"uri": uri, "position": pos(4, 0)}),
+            ),
+            "not inside a function",
+        ),
+        (
+            "workspace/executeCommand",
+            command(
+                "diffusion-ls.rewriteFunction",
+                json!({"uri": uri, "position": pos(99, 0)}),
+            ),
+            "past the end",
+        ),
+        (
+            "textDocument/codeAction",
+            json!({"textDocument": {"uri": uri}, "range": {"start": pos(1, 9), "end": pos(1, 4)},
+                   "context": {"diagnostics": []}}),
+            "range ends before it starts",
+        ),
+        (
+            "diffusionLs/debugDocument",
+            json!({"uri": "file:///nowhere.rs"}),
+            "unknown document",
+        ),
+    ];
+    for (method, params, says) in cases {
+        let r = s.request(method, params.clone());
+        assert_eq!(r["error"]["code"], -32602, "{method} {params}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(says),
+            "{method} {params}: {message:?} should say {says:?}"
         );
     }
-    let r = s.request(
-        "workspace/executeCommand",
-        json!({"command": "diffusion-ls.nope", "arguments": []}),
-    );
-    assert_eq!(r["error"]["code"], -32602);
     s.shutdown();
 }
 
 #[test]
 fn bad_input_never_kills_the_server() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-16"], json!({"debounceMs": 0}));
     let uri = "file:///tmp/bad.rs";
     s.open(uri, "fn a() { let s = \"😀\"; }\n");
     // Malformed JSON: a parse error with a null id.
     s.write_raw(b"{\"jsonrpc\": \"2.0\", \"id\": 99, \"method\": ");
-    let r = s.wait_response(None);
+    let r = s.try_response(&Value::Null, TIMEOUT).unwrap();
     assert_eq!(r["error"]["code"], -32700, "{r}");
     // Past the end of the document, and inside a surrogate pair: clear errors.
     let r = s.request("textDocument/inlineCompletion", inline_params(uri, 40, 0));
@@ -684,55 +574,41 @@ fn bad_input_never_kills_the_server() {
 
 #[test]
 fn exit_without_shutdown_is_an_error_exit() {
-    let mut s = Server::start();
+    let mut s = Client::start();
     s.initialize(&["utf-16"], json!({}));
     s.notify("exit", Value::Null);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = s.child.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(1));
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after `exit`"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = s.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
 }
 
 #[test]
 fn missing_model_keeps_answering_empty() {
-    let mut s = Server::start_with(&["--model", "/nonexistent/model"]);
+    let mut s = Client::spawn(Options {
+        args: vec!["--model".into(), "/nonexistent/model".into()],
+        ..Options::default()
+    });
     s.initialize(&["utf-16"], json!({}));
-    let status = s.result("diffusionLs/status", Value::Null);
+    let status = s.status();
     assert_eq!(status["ready"], false);
+    assert!(
+        status["model"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/model"),
+        "{status}"
+    );
     let uri = "file:///tmp/nomodel.rs";
     s.open(uri, SRC);
     let r = s.result("textDocument/inlineCompletion", inline_params(uri, 2, 7));
     assert!(r.is_null(), "{r}");
-    // The reason is shown to the user (the message may trail the status answer a little).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s
-        .notifications
-        .iter()
-        .any(|(m, _)| m == "window/showMessage")
-        && Instant::now() < deadline
-    {
-        let _ = s.text(uri);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (_, p) = s
-        .notifications
-        .iter()
-        .find(|(m, _)| m == "window/showMessage")
-        .expect("a showMessage");
+    // The reason is shown to the user.
+    let shown = s.wait_notification("window/showMessage", |_| true);
     assert!(
-        p["message"]
+        shown["message"]
             .as_str()
             .unwrap()
             .contains("/nonexistent/model"),
-        "{p}"
+        "{shown}"
     );
     s.shutdown();
 }

@@ -1,6 +1,9 @@
 //! Regression tests, each named after the defect it pins (issue 12's probe, the protocol fuzzer).
 //! They drive the real binary over stdio with the tiny fixture model.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 #[path = "support/client.rs"]
 mod client;
 

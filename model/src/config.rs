@@ -1,5 +1,6 @@
 //! Model configuration read from a Hugging Face `config.json` (Qwen2 / Dream / LLaDA families).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -79,6 +80,10 @@ pub struct Config {
     /// Sentinels of the SPM layout; the tokenizer falls back to `<|fim_prefix|>` / `<|fim_suffix|>`.
     pub fim_prefix_token_id: Option<u32>,
     pub fim_suffix_token_id: Option<u32>,
+    /// `span_kinds` in config.json: the masked positions the trainer sized each of the server's
+    /// span kinds to (`{"line": 24, "block": 64}`), the lengths the model learned to fill.
+    /// Empty when absent; the names are the server's, this crate reads only the numbers.
+    pub span_kinds: BTreeMap<String, usize>,
 }
 
 /// Largest `max_position_embeddings` accepted: positions are exact in f32 up to 2^24.
@@ -114,6 +119,7 @@ struct RawConfig {
     eos_token_id: Option<serde_json::Value>,
     fim_prefix_token_id: Option<serde_json::Value>,
     fim_suffix_token_id: Option<serde_json::Value>,
+    span_kinds: Option<BTreeMap<String, usize>>,
 }
 
 /// Token ids may be a number, null, or (for eos) a list; take the first.
@@ -220,6 +226,7 @@ impl Config {
             eos_token_id: token_id(&raw.eos_token_id),
             fim_prefix_token_id: token_id(&raw.fim_prefix_token_id),
             fim_suffix_token_id: token_id(&raw.fim_suffix_token_id),
+            span_kinds: raw.span_kinds.unwrap_or_default(),
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -270,6 +277,11 @@ impl Config {
                 return bad(field, "must be positive".into());
             }
         }
+        // A length past the model's positions is the server's to clamp (it shares them with
+        // the context); an empty span is no span.
+        if let Some((kind, _)) = self.span_kinds.iter().find(|(_, &n)| n == 0) {
+            return bad("span_kinds", format!("`{kind}`: 0 positions"));
+        }
         // RoPE angles are computed from f32 positions, which stop being whole numbers past
         // 2^24; a span and its context need at least two positions.
         if !(2..=MAX_POSITIONS).contains(&self.max_position_embeddings) {
@@ -315,6 +327,7 @@ impl Config {
             eos_token_id: Some(0),
             fim_prefix_token_id: None,
             fim_suffix_token_id: None,
+            span_kinds: BTreeMap::new(),
         }
     }
 
@@ -366,6 +379,30 @@ mod tests {
         let err =
             Config::from_json(r#"{"architectures":["DreamModel"], "vocab_size": "#, p).unwrap_err();
         assert!(err.to_string().contains("(json)"));
+    }
+
+    #[test]
+    fn reads_span_kinds_and_checks_their_lengths() {
+        let p = Path::new("config.json");
+        let with = |kinds: &str| {
+            let text = format!(
+                r#"{{"architectures":["DiffusionQwen2"],"vocab_size":10,"hidden_size":8,
+                "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+                "max_position_embeddings":128{kinds}}}"#
+            );
+            Config::from_json(&text, p)
+        };
+        assert!(with("").unwrap().span_kinds.is_empty());
+        let cfg = with(r#","span_kinds":{"line":24,"block":64}"#).unwrap();
+        assert_eq!(
+            cfg.span_kinds,
+            BTreeMap::from([("block".to_string(), 64), ("line".to_string(), 24)])
+        );
+        let err = with(r#","span_kinds":{"block":0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("span_kinds") && err.contains("block"), "{err}");
+        assert!(with(r#","span_kinds":{"line":"long"}"#).is_err());
     }
 
     #[test]

@@ -27,8 +27,13 @@ pub enum ModelError {
     },
     #[error("bad tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
+    /// An [`crate::InfillRequest`] the model cannot run: an empty span, more tokens than the
+    /// model's positions, a token id outside the vocabulary, healing text no token starts with.
     #[error("invalid request: {0}")]
     Request(String),
+    /// The tokenizer failed on a text or an id sequence.
+    #[error("{0}")]
+    Tokenize(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

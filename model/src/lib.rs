@@ -2,17 +2,24 @@
 //! DiffuCoder / Open-dCoder checkpoints and our own default model) and an infilling sampler that
 //! denoises a masked span in a few parallel refinement steps with a hook between steps, in the
 //! model's infill layout. Knows nothing of LSP.
+//!
+//! The public face is what the server needs, re-exported here (docs/model-api.md describes it):
+//! load a [`DiffusionLm`], tokenize, and [`DiffusionLm::infill`] /
+//! [`DiffusionLm::infill_with_cache`] an [`InfillRequest`] under a [`StepHook`]. Every module is
+//! private; [`internals`] opens the engine's parts to the benches and the parity tests only.
 
-pub mod config;
-pub mod error;
-pub mod layout;
-pub mod lm;
+mod config;
+mod error;
+mod layout;
+mod lm;
 mod ngram;
-pub mod policy;
-pub mod sampler;
-pub mod tokenizer;
-pub mod transformer;
-pub mod weights;
+mod policy;
+// The sampler walks several per-position arrays with one index.
+#[allow(clippy::needless_range_loop)]
+mod sampler;
+mod tokenizer;
+mod transformer;
+mod weights;
 
 /// candle asks for its thread count on every matmul and, unless `RAYON_NUM_THREADS` is set,
 /// re-reads /proc/cpuinfo each time (~6% of a completion's time on the dev machine). Call this
@@ -30,6 +37,18 @@ pub use error::ModelError;
 pub use lm::DiffusionLm;
 pub use policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule};
 pub use sampler::{
-    Completion, ContextCache, InfillOutput, InfillRequest, InfillStats, NoHook, SamplerParams,
-    StepHook, StepView, Verdict,
+    infill, infill_cached, Completion, ContextCache, InfillOutput, InfillRequest, InfillStats,
+    NoHook, SamplerParams, StepHook, StepView, Verdict,
 };
+pub use tokenizer::Tokenizer;
+
+/// The engine's parts below [`DiffusionLm`], for the benches (`benches/infill.rs`) and the
+/// parity tests (`model/tests/parity.rs`), which measure and check them one by one. Not an API
+/// for the server: it changes with the engine.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::layout::SpmBlock;
+    pub use crate::sampler::generate_autoregressive;
+    pub use crate::transformer::{parameter_shapes, ActiveWindow, CausalCache, Transformer};
+    pub use crate::weights::TensorStore;
+}

@@ -23,7 +23,11 @@ impl DocumentNgrams {
         let mut ng = DocumentNgrams::default();
         for ids in texts {
             for w in ids.windows(2) {
-                *ng.after_one.entry(w[0]).or_default().entry(w[1]).or_default() += 1;
+                *ng.after_one
+                    .entry(w[0])
+                    .or_default()
+                    .entry(w[1])
+                    .or_default() += 1;
             }
             for w in ids.windows(3) {
                 *ng.after_two

@@ -18,8 +18,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{ModelError, Result};
 use crate::layout;
-use crate::ngram::DocumentNgrams;
 pub use crate::layout::ContextCache;
+use crate::ngram::DocumentNgrams;
 use crate::policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Proposal};
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
@@ -332,7 +332,10 @@ fn left_history(prefix: &[u32], tokens: &[Option<u32>], j: usize, end: u32) -> O
         if i >= 0 {
             tokens[i as usize].filter(|&t| t != end)
         } else {
-            prefix.len().checked_sub(i.unsigned_abs()).map(|k| prefix[k])
+            prefix
+                .len()
+                .checked_sub(i.unsigned_abs())
+                .map(|k| prefix[k])
         }
     };
     let j = j as isize;

@@ -145,14 +145,14 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| ModelError::Request(format!("tokenizing failed: {e}")))?;
+            .map_err(|e| ModelError::Tokenize(format!("tokenizing failed: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)
-            .map_err(|e| ModelError::Request(format!("detokenizing failed: {e}")))
+            .map_err(|e| ModelError::Tokenize(format!("detokenizing failed: {e}")))
     }
 
     /// The decoded text of every id, in id order (computed once).

@@ -377,7 +377,7 @@ impl Transformer {
             scores.push(s);
         }
         let scores = if scores.len() == 1 {
-            scores.pop().unwrap()
+            scores.pop().expect("one score block")
         } else {
             Tensor::cat(&scores, 3)?
         };
@@ -553,7 +553,7 @@ impl Transformer {
         let rows = hidden.elem_count() / d;
         let out = hidden.reshape((rows, d))?.matmul(&self.lm_head_t)?;
         let mut shape = dims;
-        *shape.last_mut().unwrap() = self.cfg.vocab_size;
+        *shape.last_mut().expect("hidden has a last dim") = self.cfg.vocab_size;
         Ok(out.reshape(shape)?)
     }
 

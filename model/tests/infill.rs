@@ -1,6 +1,9 @@
 //! Behaviour of the infilling sampler on a tiny random-weight checkpoint: the hook between steps,
 //! cancellation, rejection, remasking, batching and reproducibility.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use model::{

@@ -2,11 +2,13 @@
 //! and the PyTorch trainer's own model in train/) on tiny random-weight checkpoints, and
 //! consistency of the cached infilling paths with full passes.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use model::layout::SpmBlock;
-use model::transformer::{ActiveWindow, CausalCache};
+use model::internals::{ActiveWindow, CausalCache, SpmBlock};
 use model::{ContextCache, DiffusionLm, ModelError};
 
 fn fixture(name: &str) -> PathBuf {

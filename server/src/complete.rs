@@ -123,7 +123,8 @@ pub fn complete(
         return Err(CompleteError::TooLarge);
     }
     let count = |s: &str| lm.encode(s).map(|t| t.len()).unwrap_or(s.len() / 3);
-    let mut plan: Plan = context::plan(snap, &req.target, &req.settings, &count)?;
+    let spans = context::SpanTokens::of(lm.config());
+    let mut plan: Plan = context::plan(snap, &req.target, &req.settings, &spans, &count)?;
     if let Some(n) = req.span_len {
         plan.span_len = n.max(1);
     }

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// All settings; every field has a default so `{}` (or nothing) is a valid configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// The client's settings, as it sends them (camelCase JSON) and as `diffusionLs/status` reports
+/// them back. Every field has a default, so `{}` (or nothing) is a valid configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Settings {
     /// HF-format model folder; `None` loads the embedded default model.
@@ -48,17 +49,16 @@ const SECTIONS: [&str; 3] = ["diffusion-ls", "diffusionLs", "diffusion_ls"];
 
 impl Settings {
     /// Applies the keys present in `value` on top of `self`, leaving the others as they are.
-    /// Accepts the settings object itself or one nested under a section name.
+    /// Accepts the settings object itself or one nested under a section name; unknown keys are
+    /// ignored, a known key with a value of the wrong type is an error (and changes nothing).
     pub fn merged(&self, value: &Value) -> Result<Settings, serde_json::Error> {
         let incoming = SECTIONS.iter().find_map(|k| value.get(k)).unwrap_or(value);
         let Value::Object(incoming) = incoming else {
             return Ok(self.clone());
         };
-        let mut current = serde_json::to_value(SettingsOut::from(self))?;
+        let mut current = serde_json::to_value(self)?;
         if let Value::Object(map) = &mut current {
-            for (k, v) in incoming {
-                map.insert(k.clone(), v.clone());
-            }
+            map.extend(incoming.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let mut s: Settings = serde_json::from_value(current)?;
         s.clamp();
@@ -76,35 +76,6 @@ impl Settings {
         };
         self.context_tokens = self.context_tokens.clamp(16, 16_384);
         self.debounce_ms = self.debounce_ms.min(5_000);
-    }
-}
-
-/// Serialisable mirror used for merging (keeps `Settings` itself deserialise-only).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SettingsOut<'a> {
-    model: &'a Option<PathBuf>,
-    steps: usize,
-    max_span_tokens: usize,
-    candidates: usize,
-    temperature: f32,
-    context_tokens: usize,
-    verify: bool,
-    debounce_ms: u64,
-}
-
-impl<'a> From<&'a Settings> for SettingsOut<'a> {
-    fn from(s: &'a Settings) -> Self {
-        SettingsOut {
-            model: &s.model,
-            steps: s.steps,
-            max_span_tokens: s.max_span_tokens,
-            candidates: s.candidates,
-            temperature: s.temperature,
-            context_tokens: s.context_tokens,
-            verify: s.verify,
-            debounce_ms: s.debounce_ms,
-        }
     }
 }
 
@@ -126,5 +97,19 @@ mod tests {
         assert!(s.merged(&json!({"steps": "many"})).is_err());
         assert_eq!(s.merged(&json!({"steps": 0})).unwrap().steps, 1);
         assert_eq!(s.merged(&Value::Null).unwrap(), s);
+    }
+
+    /// Every field goes out and comes back: a merge keeps what it is not given, whatever the
+    /// field (no hand-written list of fields to forget one in).
+    #[test]
+    fn every_setting_survives_a_merge() {
+        let all = json!({
+            "model": "/models/m", "steps": 3, "maxSpanTokens": 7, "candidates": 2,
+            "temperature": 0.5, "contextTokens": 99, "verify": false, "debounceMs": 5,
+        });
+        let s = Settings::default().merged(&all).unwrap();
+        assert_eq!(serde_json::to_value(&s).unwrap(), all);
+        let again = s.merged(&json!({"unknownKey": 1})).unwrap();
+        assert_eq!(serde_json::to_value(&again).unwrap(), all);
     }
 }

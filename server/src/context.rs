@@ -1,5 +1,6 @@
-//! Decides what the model sees and fills: the masked span (kind and size, from syntax), the
-//! prefix/suffix token windows, and the rules that turn raw model text into an insertion.
+//! Decides what the model sees and fills: the masked span (kind and size, from syntax and the
+//! model), and the prefix/suffix token windows. The rules that turn raw model text into an
+//! insertion are [`crate::finish`]'s.
 //!
 //! Everything here is plain text and token arithmetic so the CLI, eval and the server share it.
 
@@ -9,12 +10,9 @@ use ropey::Rope;
 
 use crate::config::Settings;
 use crate::document::Snapshot;
+use crate::finish::{is_closing, Finish};
 use crate::syntax;
 
-/// Tokens for a completion that finishes the current line.
-pub const LINE_SPAN_TOKENS: usize = 24;
-/// Tokens for a completion that opens a new block body.
-pub const BLOCK_SPAN_TOKENS: usize = 64;
 /// Text is read around the cursor in byte windows this many times the token budget, which
 /// holds more than enough tokens (code averages ~3 bytes per token) without tokenizing a file.
 const BYTES_PER_TOKEN_WINDOW: usize = 8;
@@ -30,6 +28,8 @@ pub enum Target {
     Function(usize),
 }
 
+/// What the masked span is. The names (`line`, `block`, ...) are the one vocabulary: the keys
+/// of `span_kinds` in the model's config.json, and what eval reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanKind {
@@ -39,6 +39,40 @@ pub enum SpanKind {
     Block,
     Selection,
     Function,
+}
+
+/// Masked positions for the span kinds sized by the model rather than by the text: the
+/// trainer writes them into config.json (`span_kinds`, from `SPAN_KINDS` in
+/// train/diffusion_train/data.py); a config without them gets the lengths of that same
+/// definition, here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanTokens {
+    /// A completion that finishes the current line.
+    pub line: usize,
+    /// A completion that opens a new block body.
+    pub block: usize,
+}
+
+impl Default for SpanTokens {
+    fn default() -> Self {
+        SpanTokens {
+            line: 24,
+            block: 64,
+        }
+    }
+}
+
+impl SpanTokens {
+    /// The model's lengths (config.json's `span_kinds`), each kind it does not name at its
+    /// default.
+    pub fn of(config: &model::Config) -> SpanTokens {
+        let default = SpanTokens::default();
+        let get = |kind: &str, or: usize| config.span_kinds.get(kind).copied().unwrap_or(or);
+        SpanTokens {
+            line: get("line", default.line),
+            block: get("block", default.block),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +103,7 @@ pub fn plan(
     snap: &Snapshot,
     target: &Target,
     settings: &Settings,
+    spans: &SpanTokens,
     count_tokens: &dyn Fn(&str) -> usize,
 ) -> Result<Plan, PlanError> {
     let rope = &snap.rope;
@@ -102,8 +137,8 @@ pub fn plan(
         _ => 0,
     };
     let span_len = match kind {
-        SpanKind::Line => LINE_SPAN_TOKENS,
-        SpanKind::Block => BLOCK_SPAN_TOKENS,
+        SpanKind::Line => spans.line,
+        SpanKind::Block => spans.block,
         // Slack lets the rewrite be a little longer than the original; +1 for the end token.
         SpanKind::Selection | SpanKind::Function => original + (original / 4).max(4) + 1,
     }
@@ -134,14 +169,8 @@ fn check(rope: &Rope, at: usize) -> Result<usize, PlanError> {
     Ok(at)
 }
 
-/// Characters an editor auto-inserts after the cursor; a line rest made only of these does not
-/// stop a completion from ending the line (or opening a block).
-pub fn is_closing(c: char) -> bool {
-    matches!(c, ')' | ']' | '}' | '>' | '"' | '\'' | '`' | ';' | ',')
-}
-
 /// The current line split at byte `at`: (text before, text after without the line break).
-fn line_around(rope: &Rope, at: usize) -> (String, String) {
+pub fn line_around(rope: &Rope, at: usize) -> (String, String) {
     let line = rope.byte_to_line(at);
     let start = rope.line_to_byte(line);
     let end = if line + 1 < rope.len_lines() {
@@ -176,136 +205,6 @@ pub fn cursor_kind(rope: &Rope, at: usize) -> SpanKind {
         }
     }
     SpanKind::Line
-}
-
-/// Turns raw model text into the text to insert. Applied at every refinement step too, so the
-/// verifier checks exactly what would be inserted.
-#[derive(Clone, Debug, Default)]
-pub struct Finish {
-    /// Cut at the first line break.
-    pub single_line: bool,
-    /// Document text right after the replaced range (at most [`SUFFIX_HEAD_BYTES`]).
-    pub suffix_head: String,
-    /// First line after the replaced range with more than closing characters, trimmed: a
-    /// completion that reaches a copy of it has started repeating the suffix.
-    pub next_line: Option<String>,
-}
-
-const SUFFIX_HEAD_BYTES: usize = 256;
-
-impl Finish {
-    pub fn new(rope: &Rope, replace: &Range<usize>, single_line: bool) -> Finish {
-        let end = rope.byte_to_char(replace.end);
-        let head: String = rope.chars_at(end).take(SUFFIX_HEAD_BYTES / 2).collect();
-        let next_line = rope
-            .chars_at(end)
-            .take(4096)
-            .collect::<String>()
-            .lines()
-            .map(str::trim)
-            .find(|l| {
-                !l.chars()
-                    .all(|c| is_closing(c) || matches!(c, '{' | '(' | '['))
-            })
-            .filter(|l| l.len() >= 3)
-            .map(str::to_string);
-        Finish {
-            single_line,
-            suffix_head: head,
-            next_line,
-        }
-    }
-
-    /// Length of the prefix of `text` that is kept: cut at a line break (single-line spans), cut
-    /// before a line repeating the suffix, and drop a tail that duplicates what follows the span.
-    pub fn keep_len(&self, text: &str) -> usize {
-        // A byte-level tokenizer can end on half a character, decoded as U+FFFD: never insert it.
-        let mut n = text.find('\u{FFFD}').unwrap_or(text.len());
-        if self.single_line {
-            n = n.min(text.find(['\n', '\r']).unwrap_or(n));
-        }
-        if let Some(next) = &self.next_line {
-            let mut line_start = 0;
-            for line in text[..n].split_inclusive('\n') {
-                if line.trim() == next.as_str() {
-                    n = text[..line_start].trim_end().len();
-                    break;
-                }
-                line_start += line.len();
-            }
-        }
-        n - overlap_to_trim(&text[..n], &self.suffix_head)
-    }
-
-    /// The insertion for `text`, or `None` when nothing but whitespace remains.
-    pub fn apply(&self, text: &str) -> Option<String> {
-        let kept = &text[..self.keep_len(text)];
-        (!kept.trim().is_empty()).then(|| kept.to_string())
-    }
-}
-
-fn opener_of(c: char) -> Option<char> {
-    match c {
-        ')' => Some('('),
-        ']' => Some('['),
-        '}' => Some('{'),
-        _ => None,
-    }
-}
-
-/// Closing brackets of `text` with no opener in `text`.
-fn unmatched_closers(text: &str) -> usize {
-    let mut stack = Vec::new();
-    let mut unmatched = 0;
-    for c in text.chars() {
-        match c {
-            '(' | '[' | '{' => stack.push(c),
-            _ => {
-                if let Some(open) = opener_of(c) {
-                    if stack.last() == Some(&open) {
-                        stack.pop();
-                    } else {
-                        unmatched += 1;
-                    }
-                }
-            }
-        }
-    }
-    unmatched
-}
-
-/// Bytes at the end of `text` that repeat the start of `suffix` and should not be inserted.
-///
-/// A tail of closing characters is dropped only when the completion has that many unmatched
-/// closers (`foo(x));` before `);` loses `);`, but `foo(x)` before `)` keeps its `)`); a quote
-/// only when the completion has an odd number of them; a tail with other code only when it is
-/// long enough to be a real echo of the suffix.
-pub fn overlap_to_trim(text: &str, suffix: &str) -> usize {
-    let max = text.len().min(suffix.len());
-    for k in (1..=max).rev() {
-        if !suffix.is_char_boundary(k) || !text.ends_with(&suffix[..k]) {
-            continue;
-        }
-        let tail = &suffix[..k];
-        if tail.trim().is_empty() {
-            continue;
-        }
-        let punct_only = tail.chars().all(|c| is_closing(c) || c.is_whitespace());
-        if !punct_only {
-            if tail.trim().len() >= 6 {
-                return k;
-            }
-            continue;
-        }
-        let closers = tail.chars().filter(|&c| opener_of(c).is_some()).count();
-        let quotes_ok = ['"', '\'', '`']
-            .iter()
-            .all(|q| !tail.contains(*q) || text.matches(*q).count() % 2 == 1);
-        if closers <= unmatched_closers(text) && quotes_ok {
-            return k;
-        }
-    }
-    0
 }
 
 /// Token windows on both sides of the span.
@@ -403,47 +302,45 @@ mod tests {
         }
     }
 
-    fn finish(suffix: &str, single_line: bool) -> Finish {
-        let rope = Rope::from_str(suffix);
-        Finish::new(&rope, &(0..0), single_line)
+    #[test]
+    fn span_lengths_come_from_the_model() {
+        let mut cfg = model::Config::default_family(16, 8, 1, 2, 2, 16, 128);
+        assert_eq!(SpanTokens::of(&cfg), SpanTokens::default());
+        cfg.span_kinds.insert("line".into(), 16);
+        let spans = SpanTokens {
+            line: 16,
+            block: 64,
+        };
+        assert_eq!(SpanTokens::of(&cfg), spans);
     }
 
+    /// The shipped model and the trainer's fixtures carry `span_kinds` as the trainer writes
+    /// them: the server's kind names, with the lengths of the one definition.
     #[test]
-    fn trims_overlap_only_when_surplus() {
-        assert_eq!(
-            finish(");\n}", true).apply("foo(x));").as_deref(),
-            Some("foo(x)")
-        );
-        assert_eq!(
-            finish(")\n", true).apply("foo(x)").as_deref(),
-            Some("foo(x)")
-        );
-        assert_eq!(
-            finish(";\n", true).apply("foo();").as_deref(),
-            Some("foo()")
-        );
-        assert_eq!(finish("\"\n", true).apply("abc\"").as_deref(), Some("abc"));
-        assert_eq!(
-            finish("}\n", false).apply("\n    x();\n}").as_deref(),
-            Some("\n    x();\n")
-        );
-        assert_eq!(finish("\n", true).apply("a\nb").as_deref(), Some("a"));
-        assert_eq!(finish("\n", true).apply("   \nb"), None);
-        assert_eq!(
-            finish("\n", true).apply("ab\u{FFFD}c").as_deref(),
-            Some("ab")
-        );
-    }
-
-    #[test]
-    fn stops_at_suffix_repeat() {
-        let f = finish("\n    r.assert_no_errors();\n}\n", false);
-        assert_eq!(
-            f.apply("let r = run();\n    r.assert_no_errors();\n")
-                .as_deref(),
-            Some("let r = run();")
-        );
-        assert_eq!(f.apply("r.assert_no_errors();"), None);
+    fn models_name_the_server_span_kinds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model");
+        let names: Vec<String> = [SpanKind::Line, SpanKind::Block]
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        for dir in [
+            "default",
+            "tests/fixtures/trainer-spm",
+            "tests/fixtures/trainer-inplace",
+        ] {
+            let path = root.join(dir).join("config.json");
+            let cfg = model::Config::from_file(&path).unwrap();
+            let keys: Vec<&String> = cfg.span_kinds.keys().collect();
+            assert_eq!(keys, ["block", "line"], "{}", path.display());
+            assert!(keys.iter().all(|k| names.contains(k)));
+            assert_eq!(SpanTokens::of(&cfg), SpanTokens::default(), "{dir}");
+        }
     }
 
     #[test]

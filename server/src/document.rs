@@ -5,7 +5,7 @@
 //! that the server runs on a blocking thread and hands back with [`Document::finish_parse`].
 //! Edits that arrive while a job is out are replayed onto its tree, so nothing waits for a
 //! parse except the requests that need the tree of exactly their version (see
-//! `lsp::Backend::current_tree`). A parse past [`DOCUMENT_PARSE_BUDGET`] turns syntax off for
+//! `service::documents`). A parse past [`DOCUMENT_PARSE_BUDGET`] turns syntax off for
 //! the document until a full-text change.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //!
 //! Why a thread and not `spawn_blocking`: the model is CPU-bound and single-instance; one
 //! owner thread gives a natural FIFO, keeps its caches warm, and leaves the message loop's
-//! threads free. Future K/V reuse across keystrokes lives here, next to the model.
+//! threads free. The per-document context K/V caches live here, next to the model.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -43,6 +43,7 @@ impl CancelToken {
 /// Where the model comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
+    /// The model compiled into the binary (model/default/).
     Default,
     Dir(PathBuf),
 }
@@ -60,21 +61,53 @@ impl ModelSource {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Default => f.write_str("the embedded model"),
+            ModelSource::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// Why a model did not load: shown to the user, so it names the folder and the file at fault.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{from}: {error}")]
+    Model {
+        from: ModelSource,
+        error: Arc<model::ModelError>,
+    },
+    #[error("{from}: panic while loading: {message}")]
+    Panicked { from: ModelSource, message: String },
+}
+
+/// Where the model worker stands.
+#[derive(Clone, Debug)]
 pub enum ModelStatus {
     /// Nothing asked for yet.
     Idle,
     Loading(ModelSource),
-    /// Loaded: `describe()` of the model.
+    /// Loaded: the model's `describe()`.
     Ready(String),
-    /// Failed to load: the reason, shown to the user.
-    Failed(String),
+    Failed(LoadError),
+}
+
+impl std::fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelStatus::Idle => f.write_str("no model asked for yet"),
+            ModelStatus::Loading(from) => write!(f, "loading {from}"),
+            ModelStatus::Ready(description) => f.write_str(description),
+            ModelStatus::Failed(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no model: {0}")]
-    NoModel(String),
+    NoModel(LoadError),
     #[error("the model queue is full")]
     Busy,
     #[error("cancelled")]
@@ -150,8 +183,8 @@ impl Engine {
                                 lm = Some(m);
                                 ModelStatus::Ready(d)
                             }
-                            Ok(Err(e)) => ModelStatus::Failed(format!("{source:?}: {e}")),
-                            Err(p) => ModelStatus::Failed(format!("{source:?}: panic: {}", panic_message(&*p))),
+                            Ok(Err(e)) => ModelStatus::Failed(LoadError::Model { from: source, error: Arc::new(e) }),
+                            Err(p) => ModelStatus::Failed(LoadError::Panicked { from: source, message: panic_message(&*p) }),
                         };
                         if let ModelStatus::Failed(reason) = &status {
                             tracing::error!(%reason, "model failed to load");
@@ -182,8 +215,8 @@ impl Engine {
         });
     }
 
-    pub fn status(&self) -> watch::Receiver<ModelStatus> {
-        self.status.clone()
+    pub fn status(&self) -> ModelStatus {
+        self.status.borrow().clone()
     }
 
     /// Waits until no load is pending, then returns the model description or why there is none.
@@ -195,7 +228,7 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)?;
         match &*status {
             ModelStatus::Ready(d) => Ok(d.clone()),
-            ModelStatus::Failed(r) => Err(EngineError::NoModel(r.clone())),
+            ModelStatus::Failed(e) => Err(EngineError::NoModel(e.clone())),
             _ => unreachable!("wait_for only returns Ready or Failed"),
         }
     }

@@ -1,5 +1,6 @@
-//! `diffusion-ls eval`: fill-in-the-middle cases (see /work/shared/eval/README.md) through the
-//! same pipeline as the server, with accuracy, parse rate, latency and verifier counters.
+//! `diffusion-ls eval`: fill-in-the-middle cases (JSONL of id, lang, kind, prefix, middle,
+//! suffix: the dev set's format) through the same pipeline as the server, with accuracy, parse
+//! rate, latency and verifier counters.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -10,12 +11,10 @@ use anyhow::Context;
 use model::DecodingPolicy;
 use serde::Deserialize;
 
-use crate::complete::{self, Request};
-use crate::config::Settings;
-use crate::context::Target;
-use crate::document::Snapshot;
-use crate::engine::{CancelToken, ModelSource};
-use crate::language;
+use crate::cli::RunArgs;
+use crate::complete;
+use crate::context::SpanKind;
+use crate::service::{Completed, Options};
 use crate::verify::Site;
 
 fn parse_policy(name: &str) -> Result<DecodingPolicy, String> {
@@ -38,9 +37,6 @@ pub struct EvalArgs {
     /// Only these kinds, comma separated (line,expr,span,block,body).
     #[arg(long, value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
-    /// Turn the tree-sitter check off.
-    #[arg(long)]
-    pub no_verify: bool,
     /// Span length = tokens of the reference middle + 1 (end token), not the syntax-sized one.
     #[arg(long)]
     pub oracle_length: bool,
@@ -49,18 +45,11 @@ pub struct EvalArgs {
     pub no_heal: bool,
     /// Decode every case with this named policy instead of the span kind's (see
     /// `model::DecodingPolicy::ALL`: parallel, parallel-threshold, free-ends, left-to-right,
-    /// left-to-right-threshold).
+    /// left-to-right-threshold, left-to-right-cache).
     #[arg(long, value_parser = parse_policy)]
     pub policy: Option<DecodingPolicy>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub candidates: Option<usize>,
-    #[arg(long)]
-    pub context_tokens: Option<usize>,
-    /// HF-format model folder (default: the embedded model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Write one JSON line per case here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,7 +73,11 @@ fn rust() -> String {
 #[derive(serde::Serialize)]
 struct CaseResult<'a> {
     id: &'a str,
+    /// The case's kind in the dev set (line, expr, span, block, body): what the hole is.
     kind: &'a str,
+    /// The span kind the server chose at the cursor (`line`, `block`), as in config.json's
+    /// `span_kinds`; absent when there was no answer.
+    span: Option<SpanKind>,
     completion: &'a str,
     middle: &'a str,
     exact: bool,
@@ -166,27 +159,6 @@ impl Tally {
     }
 }
 
-/// Edit similarity: 1 - levenshtein / max length, over chars (1 when both are empty).
-pub fn edit_similarity(a: &str, b: &str) -> f64 {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let max = a.len().max(b.len());
-    if max == 0 {
-        return 1.0;
-    }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != cb) as usize)
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    1.0 - prev[b.len()] as f64 / max as f64
-}
-
 fn squash(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -210,21 +182,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let t0 = Instant::now();
-    let lm = ModelSource::from_option(args.model.clone())
-        .load()
-        .context("loading the model")?;
-    eprintln!(
-        "eval: {} loaded in {:.0} ms, {} cases",
-        lm.describe(),
-        t0.elapsed().as_secs_f64() * 1e3,
+    let rt = crate::cli::runtime()?;
+    let _in_runtime = rt.enter();
+    let (service, described, load_ms) = crate::cli::loaded_service(&rt, args.run.model.clone())?;
+    tracing::info!(
+        "eval: {described} loaded in {load_ms:.0} ms, {} cases",
         cases.len()
     );
-    let mut settings = Settings::default();
-    settings.steps = args.steps.unwrap_or(settings.steps);
-    settings.candidates = args.candidates.unwrap_or(settings.candidates);
-    settings.context_tokens = args.context_tokens.unwrap_or(settings.context_tokens);
-    settings.verify = !args.no_verify;
+    service.set_settings(args.run.settings());
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -234,39 +199,45 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut kinds: BTreeMap<String, Tally> = BTreeMap::new();
     let mut all = Tally::default();
     for case in &cases {
-        let grammar = language::by_language_id(&case.lang);
         let text = format!("{}{}", case.prefix, case.suffix);
         let at = case.prefix.len();
-        let snapshot = Snapshot::from_text(&format!("eval:{}", case.id), grammar, &text);
+        let uri = format!("eval:{}", case.id);
         let span_len = if args.oracle_length {
-            Some(lm.encode(&case.middle)?.len() + 1)
+            Some(rt.block_on(service.token_count(&case.middle))? + 1)
         } else {
             None
         };
-        let req = Request {
-            snapshot: snapshot.clone(),
-            target: Target::Cursor(at),
-            settings: settings.clone(),
+        let options = Options {
             span_len,
             heal: !args.no_heal,
             policy: args.policy.clone(),
-            cancel: CancelToken::default(),
         };
+        service.open(&uri, &case.lang, 0, &text);
         let t = Instant::now();
-        let answer = complete::complete(&lm, &req, None);
+        let done = rt.block_on(service.complete(&uri, |_| Ok(at), options));
         let latency_ms = t.elapsed().as_secs_f64() * 1e3;
-        let (completion, stats) = match answer {
-            Ok(a) => (
-                a.items.first().map(|i| i.text.clone()).unwrap_or_default(),
-                a.stats,
+        service.close(&uri);
+        let (completion, span, stats, snapshot) = match done {
+            Ok(Some(Completed {
+                answer, snapshot, ..
+            })) => (
+                answer
+                    .items
+                    .first()
+                    .map(|i| i.text.clone())
+                    .unwrap_or_default(),
+                Some(answer.kind),
+                answer.stats,
+                Some(snapshot),
             ),
+            Ok(None) => (String::new(), None, complete::Stats::default(), None),
             Err(e) => {
-                eprintln!("eval: {}: {e}", case.id);
-                (String::new(), complete::Stats::default())
+                tracing::warn!("eval: {}: {e}", case.id);
+                (String::new(), None, complete::Stats::default(), None)
             }
         };
         let empty = completion.trim().is_empty();
-        let mut site = Site::new(&snapshot, at..at);
+        let mut site = snapshot.as_ref().and_then(|snap| Site::new(snap, at..at));
         // A case's file can only parse where it parses with the reference (a case may be cut
         // from a longer file): the parse rate counts only those.
         let reference_parses = site
@@ -278,11 +249,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let r = CaseResult {
             id: &case.id,
             kind: &case.kind,
+            span,
             completion: &completion,
             middle: &case.middle,
             exact: completion == case.middle,
             em: squash(&completion) == squash(&case.middle),
-            es: edit_similarity(&completion, &case.middle),
+            // Edit similarity: 1 - Levenshtein distance / the longer length, over chars.
+            es: strsim::normalized_levenshtein(&completion, &case.middle),
             parses,
             adds_error,
             empty,
@@ -370,11 +343,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn similarity() {
-        assert_eq!(edit_similarity("", ""), 1.0);
-        assert_eq!(edit_similarity("abc", "abc"), 1.0);
-        assert_eq!(edit_similarity("abc", ""), 0.0);
-        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
+    fn squash_drops_whitespace() {
         assert_eq!(squash(" a b\n"), "ab");
     }
 }

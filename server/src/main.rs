@@ -4,10 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use diffusion_ls::{cli, eval, service};
+use diffusion_ls::{CompleteArgs, EvalArgs};
 
-/// candle allocates on every op; mimalloc avoids glibc malloc's page-fault storm (see
-/// /work/shared/CANDLE-CPU-NOTES.md).
+/// candle allocates on every op; mimalloc avoids glibc malloc's page faults on every one.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -37,9 +36,9 @@ enum Command {
     /// Language server on stdio (the default).
     Serve,
     /// Complete at a position in a file and print the completion with timings.
-    Complete(cli::CompleteArgs),
+    Complete(CompleteArgs),
     /// Run fill-in-the-middle cases and print accuracy, parse rate and latency.
-    Eval(eval::EvalArgs),
+    Eval(EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,26 +59,22 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
+            let exit = rt.block_on(async {
                 match cli.listen {
-                    Some(addr) => service::serve_tcp(addr, cli.model).await,
-                    None => {
-                        service::serve_stdio(cli.model).await;
-                        Ok(())
-                    }
+                    Some(addr) => diffusion_ls::serve_tcp(addr, cli.model).await,
+                    None => Ok(diffusion_ls::serve_stdio(cli.model).await),
                 }
             })?;
             // The model thread may be mid-request; exit without waiting for it.
-            let clean = service::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed);
-            std::process::exit(if clean { 0 } else { 1 });
+            std::process::exit(exit.code());
         }
         Some(Command::Complete(mut args)) => {
-            args.model = args.model.or(cli.model);
-            cli::run(args)
+            args.run.model = args.run.model.or(cli.model);
+            diffusion_ls::run_complete(args)
         }
         Some(Command::Eval(mut args)) => {
-            args.model = args.model.or(cli.model);
-            eval::run(args)
+            args.run.model = args.run.model.or(cli.model);
+            diffusion_ls::run_eval(args)
         }
     }
 }

@@ -124,6 +124,17 @@ pub fn to_char_range(
     Ok(s..e)
 }
 
+/// Byte range of a (start, end) pair of positions.
+pub fn to_byte_range(
+    rope: &Rope,
+    start: LineCol,
+    end: LineCol,
+    enc: Encoding,
+) -> Result<std::ops::Range<usize>, PositionError> {
+    let chars = to_char_range(rope, start, end, enc)?;
+    Ok(rope.char_to_byte(chars.start)..rope.char_to_byte(chars.end))
+}
+
 /// Position of a char index (clamped to the end of the rope).
 pub fn from_char(rope: &Rope, char_idx: usize, enc: Encoding) -> LineCol {
     let char_idx = char_idx.min(rope.len_chars());

@@ -69,24 +69,12 @@ pub struct SyntaxError {
     pub missing: bool,
 }
 
-/// All ERROR and MISSING nodes, in document order. Only subtrees with `has_error` are visited,
-/// so a clean tree costs one check.
-pub fn errors(tree: &Tree) -> Vec<SyntaxError> {
-    let mut out = Vec::new();
-    let root = tree.root_node();
-    if !root.has_error() {
-        return out;
-    }
-    let mut cursor = root.walk();
+/// Visits the nodes of `tree` in document order (a node before its children); `visit` answers
+/// whether to go into the node's children.
+pub fn for_each_node(tree: &Tree, mut visit: impl FnMut(Node<'_>) -> bool) {
+    let mut cursor = tree.walk();
     'walk: loop {
-        let node = cursor.node();
-        if node.is_error() || node.is_missing() {
-            out.push(SyntaxError {
-                range: node.byte_range(),
-                missing: node.is_missing(),
-            });
-        }
-        if node.has_error() && cursor.goto_first_child() {
+        if visit(cursor.node()) && cursor.goto_first_child() {
             continue;
         }
         loop {
@@ -98,6 +86,24 @@ pub fn errors(tree: &Tree) -> Vec<SyntaxError> {
             }
         }
     }
+}
+
+/// All ERROR and MISSING nodes, in document order. Only subtrees with `has_error` are visited,
+/// so a clean tree costs one check.
+pub fn errors(tree: &Tree) -> Vec<SyntaxError> {
+    let mut out = Vec::new();
+    if !tree.root_node().has_error() {
+        return out;
+    }
+    for_each_node(tree, |node| {
+        if node.is_error() || node.is_missing() {
+            out.push(SyntaxError {
+                range: node.byte_range(),
+                missing: node.is_missing(),
+            });
+        }
+        node.has_error()
+    });
     out
 }
 

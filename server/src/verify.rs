@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use model::{StepHook, StepView, Verdict};
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
-use crate::context::Finish;
 use crate::document::Snapshot;
 use crate::engine::CancelToken;
+use crate::finish::Finish;
 use crate::syntax::{self, parse_bounded, SyntaxError, CHECK_PARSE_BUDGET};
 
 /// Remask rounds allowed after the planned steps before a candidate is truncated or rejected.
@@ -597,10 +597,10 @@ mod tests {
         let mut s = site(&doc).bounded(token.clone(), Duration::from_secs(60));
         assert!(s.new_errors("1").is_empty());
         token.cancel();
-        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        assert_eq!(s.new_errors("\"1\""), vec![0..3]);
         // Past the request's verification budget every check fails closed.
         let mut s = site(&doc).bounded(CancelToken::default(), Duration::ZERO);
-        assert_eq!(s.new_errors("\"1\""), [0..3]);
+        assert_eq!(s.new_errors("\"1\""), vec![0..3]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use diffusion_ls::position::Encoding;
+use diffusion_ls::Encoding;
 use serde_json::{json, Value};
 
 use crate::client::{Client, Options, WaitError};

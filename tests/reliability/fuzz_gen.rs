@@ -1,6 +1,6 @@
 //! The fuzzer's messages: each generator returns what to send and what the answer must be.
 
-use diffusion_ls::position::LineCol;
+use diffusion_ls::LineCol;
 use serde_json::{json, Value};
 
 use crate::fuzz::{Out, Session};
@@ -190,7 +190,7 @@ impl Session<'_> {
             0 => inside_a_char(&text, self.enc).map(|p| (p, p)),
             1 => {
                 let y = self.position(&text);
-                (y.0 != x.0).then(|| if y.0 > x.0 { (y.1, x.1) } else { (x.1, y.1) })
+                (y.0 != x.0).then_some(if y.0 > x.0 { (y.1, x.1) } else { (x.1, y.1) })
             }
             _ => None,
         };

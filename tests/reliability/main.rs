@@ -8,6 +8,9 @@
 //! first desync then names its change), `SOAK_LOG=FILE` keeps the soak server's log.
 //! Other arguments (libtest's, when cargo passes them on) are ignored. Exits 1 on any failure.
 
+// Test code: an unwrap is an assertion, and figures go to stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod cancel;
 #[path = "../support/client.rs"]
 mod client;

@@ -12,9 +12,7 @@
 //!
 //! The model's positions come from its own line splitting and unit counting, not from ropey.
 
-use diffusion_ls::document::{Document, TextChange};
-use diffusion_ls::language;
-use diffusion_ls::position::{Encoding, LineCol};
+use diffusion_ls::{by_language_id, for_each_node, Document, Encoding, LineCol, TextChange};
 
 use crate::text::{addressable, lines, pick, width};
 use proptest::prelude::*;
@@ -109,29 +107,17 @@ fn batch() -> impl Strategy<Value = Batch> {
 /// Node kinds and byte ranges in document order.
 fn shape(tree: &tree_sitter::Tree) -> Vec<(u16, usize, usize, bool)> {
     let mut out = Vec::new();
-    let mut cursor = tree.walk();
-    'walk: loop {
-        let n = cursor.node();
+    for_each_node(tree, |n| {
         out.push((n.kind_id(), n.start_byte(), n.end_byte(), n.is_missing()));
-        if cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                continue 'walk;
-            }
-            if !cursor.goto_parent() {
-                break 'walk;
-            }
-        }
-    }
+        true
+    });
     out
 }
 
 const BUDGET: Duration = Duration::from_secs(60);
 
 fn parser() -> Parser {
-    language::by_language_id("rust").unwrap().parser()
+    by_language_id("rust").unwrap().parser()
 }
 
 /// Tree-sitter point of `byte` in `text` (rows count `\n` only, as tree-sitter's do).

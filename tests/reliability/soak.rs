@@ -4,7 +4,8 @@
 //! Stale results: the server answers in the order its handlers finish and applies edits in
 //! arrival order, so when a `debugDocument` barrier sent after an edit is answered before a
 //! completion made for the text before that edit, that completion finished after the edit and
-//! must be `null`. A non-null one is a stale result a client trusting the server would apply.
+//! must answer ContentModified (or `null`). A result is a stale one a client trusting the
+//! server would apply.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -227,7 +228,10 @@ impl Soak {
             .latencies_ms
             .push(p.sent.elapsed().as_secs_f64() * 1e3);
         if let Some(e) = msg.get("error") {
-            if !(p.cancelled && e["code"] == -32800) {
+            // Superseded and stale requests answer ContentModified; cancelled ones
+            // RequestCancelled.
+            let dropped = e["code"] == -32801 || (p.cancelled && e["code"] == -32800);
+            if !dropped {
                 self.f.errors.push(format!("request {id}: {e}"));
             }
             return;

@@ -1,7 +1,7 @@
 //! LSP positions over a plain `String`, computed independently of ropey: lines split at `\n`,
 //! `\r\n` and `\r`, columns counted in the negotiated encoding.
 
-use diffusion_ls::position::{Encoding, LineCol};
+use diffusion_ls::{Encoding, LineCol};
 
 /// Lines of `text`: (start byte, end of content byte).
 pub fn lines(text: &str) -> Vec<(usize, usize)> {

@@ -31,8 +31,13 @@ import torch
 from .model import at_least_f32
 
 EOS, MASK, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = 0, 1, 2, 3, 4
-# Over-allocated block lengths (the server asks for 24 tokens to finish a line, 64 for a block).
+# The server's span kinds at a cursor and the masked positions it gives each: the one
+# definition, written into the exported config.json (`span_kinds`), which the server and its
+# eval read (server/src/context.rs `SpanTokens`), and used by evaluate.py.
+SPAN_KINDS = {"line": 24, "block": 64}
+# Over-allocated block lengths trained on; every span kind's length is one of them.
 BUCKETS = (16, 24, 32, 48, 64, 96, 128)
+assert set(SPAN_KINDS.values()) <= set(BUCKETS)
 
 
 @dataclass

@@ -5,8 +5,8 @@
 This is the recipe A/B's and the learning curve's measure (any layout, any checkpoint, no
 export needed); the shipped model is scored by the product itself (`diffusion-ls eval`), whose
 verification and timings this does not reproduce. Decoding follows the engine's defaults:
-the span is sized like the server's (24 tokens to finish a line, cut at its end; 64 for a new
-block), greedy, K steps committing the most confident positions on a fixed schedule, an end
+the span is sized like the server's (`SPAN_KINDS`: 24 tokens to finish a line, cut at its end;
+64 for a new block), greedy, K steps committing the most confident positions on a fixed schedule, an end
 token committed only where everything left of it is committed, at least one token.
 
 Reported per kind: exact match (whitespace-insensitive, as the Rust eval), edit similarity,
@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from .data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK
+from .data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK, SPAN_KINDS
 from .model import DiffusionLM, ModelConfig
 from .recipes import RECIPES
 
 REPO = Path(__file__).resolve().parent.parent.parent
-LINE_SPAN, BLOCK_SPAN = 24, 64
 CLOSERS = set(")]};,")
 
 
@@ -207,7 +206,7 @@ def evaluate(model, layout: Layout, tok, cases, steps=8, positions=256, limit=No
     rows = []
     for case in cases[:limit]:
         kind = span_kind(case["prefix"], case["suffix"])
-        n = LINE_SPAN if kind == "line" else BLOCK_SPAN
+        n = SPAN_KINDS[kind]
         budget = positions - n - 2
         p, s = window(tok, case["prefix"], case["suffix"], budget)
         middle_ids = tok.encode(case["middle"], add_special_tokens=False).ids

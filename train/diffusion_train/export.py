@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK
+from .data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK, SPAN_KINDS
 from .model import DiffusionLM
 
 # How the engine lays out an infill request for each training layout (model/src/config.rs).
@@ -44,6 +44,7 @@ def hf_config(model: DiffusionLM, layout: str, logits: str = "shifted", max_posi
         "fim_prefix_token_id": FIM_PREFIX,
         "fim_suffix_token_id": FIM_SUFFIX,
         "torch_dtype": torch_dtype,
+        "span_kinds": dict(SPAN_KINDS),
     }
 
 

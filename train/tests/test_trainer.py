@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from diffusion_train.data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK, Builder, Corpus, collate, shifted_loss
+from diffusion_train.data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK, SPAN_KINDS, Builder, Corpus, collate, shifted_loss
 from diffusion_train.export import export
 from diffusion_train.fixtures import convention
 from diffusion_train.model import DiffusionLM, ModelConfig
@@ -231,6 +231,8 @@ def test_export_is_the_folder_the_engine_loads(tmp_path):
     cfg = json.loads((tmp_path / "x/config.json").read_text())
     assert cfg["infill_layout"] == "spm_block" and cfg["diffusion_logits"] == "shifted"
     assert cfg["tie_word_embeddings"] and cfg["mask_token_id"] == MASK and cfg["eos_token_id"] == EOS
+    # The span kinds the server reads, as the one definition has them.
+    assert cfg["span_kinds"] == SPAN_KINDS == {"line": 24, "block": 64}
     state = {}
     for f in files:
         state.update(load_file(str(f)))
@@ -245,6 +247,7 @@ def test_model_reproduces_the_engine_parity_fixtures(name):
     """The committed fixtures (which the Rust engine must match) are still this model's logits."""
     folder = FIXTURES / name
     cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["span_kinds"] == SPAN_KINDS, "the fixture's config.json is the trainer's export"
     ref = json.loads((folder / "reference.json").read_text())
     m = DiffusionLM(ModelConfig(**{k: cfg[k] for k in ModelConfig().to_dict()}))
     state = {}

@@ -218,6 +218,17 @@ def start_plugin(nvim, tmp_path, server_cmd, settings, **opts) -> str:
     return str(src)
 
 
+def server_text(nvim) -> str | None:
+    """The server's copy of the current buffer (`diffusionLs/debugDocument`)."""
+    return nvim.exec_lua(
+        """
+        local c = vim.lsp.get_clients({ name = 'diffusion_ls', bufnr = 0 })[1]
+        local r = c and c:request_sync('diffusionLs/debugDocument', { uri = vim.uri_from_bufnr(0) }, 5000, 0)
+        return r and r.result and r.result.text or vim.NIL
+        """
+    )
+
+
 def test_fill_and_rewrite_commands(nvim, tmp_path, server_cmd, fast_settings):
     """:DiffusionFill on a line range and :DiffusionRewrite in a function edit the buffer through
     workspace/applyEdit, leaving the rest of the file alone."""
@@ -235,7 +246,9 @@ def test_fill_and_rewrite_commands(nvim, tmp_path, server_cmd, fast_settings):
     # here (an unverified fill can leave the file without a parseable `fn main`).
     nvim.command("undo")
     assert nvim.current.buffer[:] == before
-    time.sleep(1)  # let the undo's didChange reach the server before the next command
+    # The undo's didChange reached the server before the next command runs.
+    undone = "\n".join(before) + "\n"
+    wait_for(lambda: server_text(nvim) == undone, "the server's copy to be the undone text", timeout=10)
 
     # Rewrite the function around the cursor (inside main).
     main_line = next(i for i, line in enumerate(before) if line.startswith("fn main")) + 1
@@ -290,13 +303,11 @@ def test_completion_menu_fallback(nvim, tmp_path, server_cmd, fast_settings):
     item = info["items"][0]["user_data"]["nvim"]["lsp"]["completion_item"]
     nvim.input("<Tab>")  # mapped to <C-y> while the menu is open
     wait_for(lambda: nvim.funcs.pumvisible() == 0, "the menu to close", timeout=5)
-    wait_for(lambda: nvim.current.buffer[:] != before, "the buffer to change after accepting", timeout=10)
-    time.sleep(0.2)  # CompleteDone
-    after = nvim.current.buffer[:]
-    # The whole textEdit is applied: the line from its start holds newText (all its lines).
+    # The whole textEdit is applied (by CompleteDone, after the menu closed): the line from its
+    # start holds newText (all its lines).
     new_lines = item["textEdit"]["newText"].split("\n")
     expected = before[: CURSOR_LINE - 1] + new_lines[:-1] + [new_lines[-1] + before[CURSOR_LINE - 1][len("    let x = "):]] + before[CURSOR_LINE:]
-    assert after == expected, f"\nitem={item}\nafter={after}\nexpected={expected}"
+    wait_for(lambda: nvim.current.buffer[:] == expected, f"the buffer to hold the accepted item {item}", timeout=10)
     nvim.input("<Esc>")
 
 
