@@ -121,6 +121,22 @@ impl DecodingPolicy {
         Self::ALL.iter().map(|p| p.name).collect()
     }
 
+    /// How a proposal's confidence is measured (left to right: the chosen token's probability,
+    /// which the threshold compares).
+    pub(crate) fn confidence_order(&self) -> ConfidenceOrder {
+        match self.order {
+            CommitOrder::Confidence(order) => order,
+            CommitOrder::LeftToRight => ConfidenceOrder::MaxProb,
+        }
+    }
+
+    /// Whether the end token may be proposed at span position `j` when the last committed
+    /// token before any end stands at `last_token`: under `InOrder`, never before it (an end
+    /// there would drop it).
+    pub(crate) fn allows_end_at(&self, j: usize, last_token: Option<usize>) -> bool {
+        self.ends == EndRule::Free || last_token.is_none_or(|l| l < j)
+    }
+
     /// Which of a step's proposals are committed, as indices into `proposals` (the masked
     /// positions before the first committed end, left to right). `steps_left` counts this step
     /// (1: the last, which commits everything).

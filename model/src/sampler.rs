@@ -20,7 +20,7 @@ use crate::error::{ModelError, Result};
 use crate::layout;
 pub use crate::layout::ContextCache;
 use crate::ngram::DocumentNgrams;
-use crate::policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Proposal};
+use crate::policy::{ConfidenceOrder, DecodingPolicy, Proposal};
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 
@@ -455,6 +455,7 @@ pub fn infill_cached(
     }
     let special = tok.special;
     let policy = &params.policy;
+    let order = policy.confidence_order();
     let steps = params.steps.clamp(1, n);
     let n_cand = params.candidates.max(1);
 
@@ -530,10 +531,6 @@ pub fn infill_cached(
         for (r, &c) in run.iter().enumerate() {
             let rows = &logits[if logits.len() == 1 { 0 } else { r }];
             let cand = &mut cands[c];
-            let order = match policy.order {
-                CommitOrder::Confidence(order) => order,
-                CommitOrder::LeftToRight => ConfidenceOrder::MaxProb,
-            };
             let (temp, top_p) = (cand.temperature, params.top_p);
             // One softmax per position and step, for every position that is not auto-filled.
             let mut probs: Vec<Option<Vec<f32>>> = (0..n)
@@ -564,8 +561,7 @@ pub fn infill_cached(
             let proposals: Vec<Proposal> = masked
                 .iter()
                 .map(|&j| {
-                    let end_banned = j < params.min_tokens
-                        || (policy.ends == EndRule::InOrder && last_token.is_some_and(|l| l > j));
+                    let end_banned = j < params.min_tokens || !policy.allows_end_at(j, last_token);
                     let mut banned = cand.banned[j].clone();
                     if end_banned {
                         banned.push(special.end);
