@@ -63,7 +63,7 @@ fn random_params(cfg: &Config, seed: u64) -> HashMap<String, Tensor> {
 
 fn models() -> Vec<(&'static str, Transformer)> {
     [
-        ("10M", config(256, 8, 4, 2, 1024)),
+        ("7M", config(256, 6, 4, 2, 768)),
         ("30M", config(512, 8, 8, 4, 1536)),
     ]
     .into_iter()

@@ -10,6 +10,7 @@
 
 mod config;
 mod error;
+mod kernels;
 mod layout;
 mod lm;
 mod ngram;

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Config, WeightFamily};
 use crate::error::Result;
+use crate::kernels::{MaskedSoftmax, SwiGlu};
 use crate::weights::TensorStore;
 
 struct Linear {
@@ -49,16 +50,27 @@ impl Linear {
     }
 }
 
+/// One layer, with the projections that read the same input fused into one matmul each:
+/// q/k/v (columns q | k | v) and gate/up (columns gate | up). Fewer, larger matmuls: at span
+/// sizes (a few dozen rows) each call's fixed cost is a large share of the step.
 struct Layer {
     input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Linear,
     o: Linear,
     post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: Linear,
     down: Linear,
+}
+
+/// Which keys each query of an attention call may see.
+#[derive(Clone, Copy)]
+enum Mask<'a> {
+    /// Every key (bidirectional).
+    Full,
+    /// The queries are the last of the keys, in order: each sees the keys up to itself.
+    Causal,
+    /// An additive bias broadcastable to (B, Lq, Lk): key padding in batched parity tests.
+    Bias(&'a Tensor),
 }
 
 /// Keys and values of one layer for a block of positions: (batch, kv_heads, len, head_dim).
@@ -133,8 +145,14 @@ pub struct Transformer {
     norm: Tensor,
     /// Output head as (d, vocab), laid out like the linears.
     lm_head_t: Tensor,
+    /// RoPE cos/sin of positions 0..n (n ≤ [`ROPE_TABLE_POSITIONS`]), (n, head_dim/2): a pass
+    /// over a run of positions slices them instead of computing 2·L·hd/2 cos and sin.
+    rope_table: (Tensor, Tensor),
     device: Device,
 }
+
+/// Positions whose RoPE tables are computed once at load.
+const ROPE_TABLE_POSITIONS: usize = 4096;
 
 /// The parameter names and shapes of the default family's checkpoint, in a fixed order (the
 /// benches build random weights from them).
@@ -221,31 +239,36 @@ impl Transformer {
         let d = cfg.hidden_size;
         let kv = cfg.num_key_value_heads * cfg.head_dim();
         let f = cfg.intermediate_size;
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let w = store.get(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias {
-                Some(store.get(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            };
+        // Projections reading the same input, as one (in, Σ out) matrix: see [`Layer`].
+        let fused = |parts: &[(&str, usize)], inp: usize, bias: bool| -> Result<Linear> {
+            let mut ws = Vec::with_capacity(parts.len());
+            let mut bs = Vec::with_capacity(parts.len());
+            for (name, out) in parts {
+                ws.push(store.get(&format!("{name}.weight"), &[*out, inp])?);
+                if bias {
+                    bs.push(store.get(&format!("{name}.bias"), &[*out])?);
+                }
+            }
             Ok(Linear {
-                wt: input_major(w)?,
-                b,
+                wt: input_major(Tensor::cat(&ws, 0)?)?,
+                b: if bias {
+                    Some(Tensor::cat(&bs, 0)?)
+                } else {
+                    None
+                },
             })
         };
+        let linear = |name: &str, out: usize, inp: usize| fused(&[(name, out)], inp, false);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = layer_names(cfg.family, i);
             layers.push(Layer {
                 input_norm: store.get(&format!("{}.weight", n.input_norm), &[d])?,
-                q: linear(&n.q, d, d, cfg.qkv_bias)?,
-                k: linear(&n.k, kv, d, cfg.qkv_bias)?,
-                v: linear(&n.v, kv, d, cfg.qkv_bias)?,
-                o: linear(&n.o, d, d, false)?,
+                qkv: fused(&[(&n.q, d), (&n.k, kv), (&n.v, kv)], d, cfg.qkv_bias)?,
+                o: linear(&n.o, d, d)?,
                 post_norm: store.get(&format!("{}.weight", n.post_norm), &[d])?,
-                gate: linear(&n.gate, f, d, false)?,
-                up: linear(&n.up, f, d, false)?,
-                down: linear(&n.down, d, f, false)?,
+                gate_up: fused(&[(&n.gate, f), (&n.up, f)], d, false)?,
+                down: linear(&n.down, d, f)?,
             });
         }
         let (embed_name, norm_name, head_name) = match cfg.family {
@@ -267,14 +290,21 @@ impl Transformer {
             store.get(head_name, &[cfg.vocab_size, d])?
         };
         let lm_head_t = input_major(lm_head)?;
-        Ok(Self {
+        let mut model = Self {
             cfg: cfg.clone(),
             embed,
             layers,
             norm: store.get(norm_name, &[d])?,
             lm_head_t,
+            rope_table: (
+                Tensor::zeros(0, DType::F32, device)?,
+                Tensor::zeros(0, DType::F32, device)?,
+            ),
             device: device.clone(),
-        })
+        };
+        let n = cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as i64;
+        model.rope_table = model.rope_tables_signed(&(0..n).collect::<Vec<_>>())?;
+        Ok(model)
     }
 
     pub fn config(&self) -> &Config {
@@ -288,6 +318,18 @@ impl Transformer {
     /// RoPE tables for the given positions, built in f32 whatever the weights' dtype: (len, head_dim/2).
     /// Positions may be negative: a rotation by -p undoes one by p (used to move cached keys).
     fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let first = positions.first().copied().unwrap_or(0) as usize;
+        let run = positions
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p as usize == first + i);
+        if run && first + positions.len() <= self.rope_table.0.dim(0)? {
+            let (cos, sin) = &self.rope_table;
+            return Ok((
+                cos.narrow(0, first, positions.len())?,
+                sin.narrow(0, first, positions.len())?,
+            ));
+        }
         let signed: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         self.rope_tables_signed(&signed)
     }
@@ -336,55 +378,69 @@ impl Transformer {
     fn qkv(&self, layer: &Layer, x: &Tensor, rope: &(Tensor, Tensor)) -> Result<(Tensor, KvBlock)> {
         let (b, l, _) = x.dims3()?;
         let hd = self.cfg.head_dim();
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = heads(layer.q.forward(x)?, self.cfg.num_attention_heads)?;
-        let k = heads(layer.k.forward(x)?, self.cfg.num_key_value_heads)?;
-        let v = heads(layer.v.forward(x)?, self.cfg.num_key_value_heads)?;
+        let (h, kvh) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        // (B, L, (H + 2 KVH) · hd) → (B, H + 2 KVH, L, hd) in one copy; the three head groups
+        // are then slices of it (contiguous without a copy at B = 1).
+        let all = layer
+            .qkv
+            .forward(x)?
+            .reshape((b, l, h + 2 * kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = all.narrow(1, 0, h)?.contiguous()?;
+        let k = all.narrow(1, h, kvh)?.contiguous()?;
+        let v = all.narrow(1, h + kvh, kvh)?.contiguous()?;
         let (cos, sin) = rope;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         Ok((q, KvBlock { k, v }))
     }
 
-    /// Attention of queries (B, H, Lq, hd) over several key/value blocks, each optionally with an
-    /// additive bias broadcastable to (B, Lq, Lk). Grouped-query attention without copying keys:
-    /// the query heads that share a KV head are folded into the row dimension.
-    fn attend(&self, q: &Tensor, blocks: &[(&KvBlock, Option<&Tensor>)]) -> Result<Tensor> {
+    /// Attention of queries (B, H, Lq, hd) over the keys/values of several blocks, in order.
+    /// Grouped-query attention without copying keys: the query heads that share a KV head are
+    /// folded into the row dimension. Scale, mask and softmax are one in-place kernel.
+    fn attend(&self, q: &Tensor, blocks: &[&KvBlock], mask: Mask) -> Result<Tensor> {
         let (b, h, lq, hd) = q.dims4()?;
         let kvh = self.cfg.num_key_value_heads;
         let g = h / kvh;
-        let qg = (q.reshape((b, kvh, g * lq, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let qg = q.reshape((b, kvh, g * lq, hd))?;
+        let mut scale = 1.0 / (hd as f32).sqrt();
         let mut scores = Vec::with_capacity(blocks.len());
-        for (kv, bias) in blocks {
+        for kv in blocks {
             let kt = kv.k.transpose(2, 3)?;
-            let s = if kv.k.dim(0)? == b {
+            scores.push(if kv.k.dim(0)? == b {
                 qg.matmul(&kt)?
             } else {
                 qg.broadcast_matmul(&kt)?
-            };
-            let s = match bias {
-                Some(bias) => {
-                    let lk = kv.k.dim(2)?;
-                    let (bb, lqb, _) = bias.dims3()?;
-                    s.reshape((b, kvh, g, lq, lk))?
-                        .broadcast_add(&bias.to_dtype(s.dtype())?.reshape((bb, 1, 1, lqb, lk))?)?
-                        .reshape((b, kvh, g * lq, lk))?
-                }
-                None => s,
-            };
-            scores.push(s);
+            });
         }
-        let scores = if scores.len() == 1 {
+        let mut scores = if scores.len() == 1 {
             scores.pop().expect("one score block")
         } else {
             Tensor::cat(&scores, 3)?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let lk = scores.dim(3)?;
+        if let Mask::Bias(bias) = mask {
+            // The bias adds to scaled scores: scale first, then the kernel's scale is 1.
+            let (bb, lqb, _) = bias.dims3()?;
+            scores = (scores.reshape((b, kvh, g, lq, lk))? * f64::from(scale))?
+                .broadcast_add(
+                    &bias
+                        .to_dtype(scores.dtype())?
+                        .reshape((bb, 1, 1, lqb, lk))?,
+                )?
+                .reshape((b, kvh, g * lq, lk))?;
+            scale = 1.0;
+        }
+        let probs = scores.contiguous()?;
+        probs.inplace_op1(&MaskedSoftmax {
+            scale,
+            queries: lq,
+            causal_base: matches!(mask, Mask::Causal).then(|| lk.saturating_sub(lq)),
+        })?;
         let mut out: Option<Tensor> = None;
         let mut offset = 0;
-        for (kv, _) in blocks {
+        for kv in blocks {
             let lk = kv.k.dim(2)?;
             let p = if blocks.len() == 1 {
                 probs.clone()
@@ -413,7 +469,7 @@ impl Transformer {
         let attn = attn.transpose(1, 2)?.reshape((b, l, h * hd))?;
         let x = (x + layer.o.forward(&attn)?)?;
         let y = self.rms_norm(&x, &layer.post_norm)?;
-        let act = (layer.gate.forward(&y)?.silu()? * layer.up.forward(&y)?)?;
+        let act = layer.gate_up.forward(&y)?.apply_op1_no_bwd(&SwiGlu)?;
         Ok((x + layer.down.forward(&act)?)?)
     }
 
@@ -463,7 +519,8 @@ impl Transformer {
                     v: take(&kv.v)?,
                 });
             }
-            let attn = self.attend(&q, &[(&kv, bias)])?;
+            let mask = bias.map_or(Mask::Full, Mask::Bias);
+            let attn = self.attend(&q, &[&kv], mask)?;
             x = self.finish_layer(layer, &x, &attn)?;
         }
         let h = self.rms_norm(&x, &self.norm)?;
@@ -493,9 +550,9 @@ impl Transformer {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
             let attn = if ctx_kv.k.dim(2)? == 0 {
-                self.attend(&q, &[(&kv, None)])?
+                self.attend(&q, &[&kv], Mask::Full)?
             } else {
-                self.attend(&q, &[(ctx_kv, None), (&kv, None)])?
+                self.attend(&q, &[ctx_kv, &kv], Mask::Full)?
             };
             if keep {
                 own.push(kv);
@@ -516,11 +573,6 @@ impl Transformer {
         let start = cache.len;
         let positions: Vec<u32> = (start as u32..(start + l) as u32).collect();
         let rope = self.rope_tables(&positions)?;
-        let causal = if l > 1 {
-            Some(causal_bias(l, &self.device)?)
-        } else {
-            None
-        };
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.layers.len()];
         }
@@ -529,8 +581,8 @@ impl Transformer {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
             let attn = match slot.as_ref() {
-                Some(past) => self.attend(&q, &[(past, None), (&kv, causal.as_ref())])?,
-                None => self.attend(&q, &[(&kv, causal.as_ref())])?,
+                Some(past) => self.attend(&q, &[past, &kv], Mask::Causal)?,
+                None => self.attend(&q, &[&kv], Mask::Causal)?,
             };
             *slot = Some(match slot.take() {
                 Some(past) => KvBlock {
@@ -576,14 +628,6 @@ impl Transformer {
             crate::config::LogitsConvention::Shifted => logits,
         })
     }
-}
-
-/// Additive bias (1, L, L) that hides future positions.
-pub fn causal_bias(l: usize, device: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..l)
-        .flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Ok(Tensor::from_vec(v, (1, l, l), device)?)
 }
 
 /// Key-padding mask (B, L) of 1 (real) / 0 (pad), in any dtype → additive bias (B, 1, L).
