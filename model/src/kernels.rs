@@ -72,17 +72,25 @@ fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
         return;
     }
     let shift = max * scale;
+    // -inf (a banned token, a masked key) is exactly 0, as with `f32::exp`.
+    let e = |x: f32| {
+        if x == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp(x * scale - shift)
+        }
+    };
     let mut sums = [0f32; LANES];
     let mut chunks = live.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
-            *x = exp(*x * scale - shift);
+            *x = e(*x);
             *s += *x;
         }
     }
     let mut sum: f32 = sums.iter().sum();
     for x in chunks.into_remainder() {
-        *x = exp(*x * scale - shift);
+        *x = e(*x);
         sum += *x;
     }
     let inv = 1.0 / sum;
@@ -150,6 +158,21 @@ impl MaskedSoftmax {
                 .for_each(|(t, chunk)| rows(chunk, t * per_task));
         }
     }
+}
+
+/// One row's softmax of `scale * row`, in place (the sampler's distributions over the
+/// vocabulary).
+pub(crate) fn softmax_in_place(row: &mut [f32], scale: f32) {
+    struct Row<'a>(&'a mut [f32], f32);
+    impl pulp::WithSimd for Row<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            let n = self.0.len();
+            softmax_row(self.0, n, self.1);
+        }
+    }
+    pulp::Arch::new().dispatch(Row(row, scale));
 }
 
 fn contiguous_f32<'a>(
@@ -319,6 +342,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(t.to_vec2::<f32>().unwrap()[0], vec![0.0; 8]);
+    }
+
+    #[test]
+    fn a_banned_token_gets_exactly_zero_and_the_rest_renormalises() {
+        let mut row = vec![1.0, f32::NEG_INFINITY, 2.0, 0.5];
+        softmax_in_place(&mut row, 1.0);
+        assert_eq!(row[1], 0.0);
+        let want = reference_softmax(&[1.0, 2.0, 0.5], 3, 1.0);
+        for (a, b) in [row[0], row[2], row[3]].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 
     #[test]

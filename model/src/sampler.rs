@@ -225,10 +225,8 @@ impl Candidate {
 
 fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<f32> = row.iter().map(|&x| ((x - max) / t).exp()).collect();
-    let sum: f32 = p.iter().sum();
-    p.iter_mut().for_each(|x| *x /= sum);
+    let mut p = row.to_vec();
+    crate::kernels::softmax_in_place(&mut p, 1.0 / t);
     p
 }
 

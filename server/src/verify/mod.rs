@@ -33,6 +33,39 @@ pub const MAX_FINAL_RETRIES: usize = 2;
 /// Cut points tried when a final candidate is truncated.
 const MAX_TRUNCATION_CHECKS: usize = 24;
 
+/// Fillers tried at the hole of a document that does not parse: if one makes it parse, the
+/// errors are the hole's (see [`Site::new`]). Openers and closers of blocks, calls and strings,
+/// alone and after an expression, the shapes a cut-out line most often breaks.
+const HOLE_PROBES: &[&str] = &[
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ";",
+    "\"",
+    "x {",
+    "if x {",
+    "match x {",
+    "for x in x {",
+    "x)",
+    "x))",
+    "x);",
+    "x));",
+    "\")",
+    "\");",
+    "x }",
+    "x)}",
+    "})",
+    "}}",
+    "x,",
+    "x =>",
+];
+
+/// All the hole probes of one site together: past it, the site stays lenient.
+const HOLE_PROBE_BUDGET: Duration = Duration::from_millis(60);
+
 /// The document with the span cut out, its tree and its errors: where candidates are spliced.
 pub struct Site {
     base: String,
@@ -84,7 +117,7 @@ impl Site {
         let strict = baseline
             .iter()
             .all(|e| e.range.start <= line_end && line_start <= e.range.end);
-        Some(Site {
+        let mut site = Site {
             strict,
             at_point: syntax::point_of(&base, replace.start),
             at: replace.start,
@@ -94,7 +127,16 @@ impl Site {
             parser,
             cancel: None,
             deadline: None,
-        })
+        };
+        if !site.strict && !site.baseline.is_empty() {
+            // Errors away from the hole's line may still be the hole's: an opening `{` cut
+            // out shows up at the far `}`. If a small filler at the hole makes the whole file
+            // parse, the document parses apart from the hole.
+            site.deadline = Some(Instant::now() + HOLE_PROBE_BUDGET);
+            site.strict = HOLE_PROBES.iter().any(|p| site.parses_cleanly(p));
+            site.deadline = None;
+        }
+        Some(site)
     }
 
     /// Check parses stop (and count as failed) once `cancel` is set, and `total` after now.

@@ -157,6 +157,21 @@ fn where_the_only_errors_are_at_the_hole_a_candidate_must_make_the_file_parse() 
 }
 
 #[test]
+fn a_cut_out_opening_line_makes_the_site_strict_though_its_error_is_far_away() {
+    // `if ready {` cut out: the error shows at the unmatched `}` lines below the hole.
+    let doc = "fn main() {\n    $0\n        go();\n        more();\n    }\n}\n";
+    let mut s = site(doc);
+    assert!(s.is_strict(), "a filler at the hole mends the file");
+    assert!(
+        !s.new_errors("go();").is_empty(),
+        "leaves the closing brace unmatched"
+    );
+    assert!(s.new_errors("if ready {").is_empty());
+    // An error no filler at the hole can mend leaves the site lenient.
+    assert!(!site(BROKEN).is_strict());
+}
+
+#[test]
 fn a_final_candidate_that_breaks_late_is_cut_to_its_clean_beginning() {
     let mut s = site("fn main() {\n    $0\n}\n");
     let finish = Finish::default();
