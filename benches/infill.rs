@@ -13,7 +13,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use model::internals::{
     generate_autoregressive, parameter_shapes, ActiveWindow, TensorStore, Transformer,
 };
-use model::{infill, Config, InfillRequest, NoHook, SamplerParams, Tokenizer};
+use model::{
+    infill, Config, ContextCache, DecodingPolicy, DiffusionLm, InfillRequest, NoHook,
+    SamplerParams, Tokenizer,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[global_allocator]
@@ -190,5 +193,71 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A single-line completion as the server makes it, with the embedded default model (real
+/// weights, `spm_block` layout, `left-to-right-cache`, step budget 32): 768 tokens of this
+/// repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
+/// the context's K/V; `keystroke` is the next request after typing one character (the
+/// document cache appends the new token); `autoregressive` decodes the same number of tokens
+/// as the cold diffusion answer, one per pass, over the same causal context.
+fn shipped(c: &mut Criterion) {
+    model::pin_thread_count();
+    let lm = DiffusionLm::load_default().unwrap();
+    let text = include_str!("../model/src/sampler.rs");
+    let cut = text[..text.len() * 3 / 4].rfind("\n").unwrap() + 1;
+    let cut = cut + text[cut..].len() - text[cut..].trim_start().len();
+    let before = lm.encode(&text[..cut]).unwrap();
+    let after = lm.encode(&text[cut..]).unwrap();
+    let prefix = before[before.len().saturating_sub(768)..].to_vec();
+    let suffix = after[..after.len().min(256)].to_vec();
+    let request = |prefix: Vec<u32>| InfillRequest {
+        prefix,
+        suffix: suffix.clone(),
+        span_len: 24,
+        params: SamplerParams {
+            steps: 32,
+            policy: DecodingPolicy::LEFT_TO_RIGHT_CACHE,
+            ..Default::default()
+        },
+        healing: None,
+    };
+    let cold = request(prefix.clone());
+    let answer = lm
+        .infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
+        .unwrap();
+    let tokens = answer.completions[0].tokens.len().max(1);
+    eprintln!(
+        "shipped line infill: {} steps, {tokens} tokens: {:?}",
+        answer.stats.steps,
+        lm.decode(&answer.completions[0].tokens).unwrap()
+    );
+
+    let mut g = c.benchmark_group("shipped_line_infill");
+    g.sample_size(10);
+    g.bench_function("cold", |bch| {
+        bch.iter(|| {
+            lm.infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
+                .unwrap()
+        })
+    });
+    // Two keystrokes an iteration: type a space, then delete it again.
+    let typed = request([prefix.as_slice(), &lm.encode(" ").unwrap()].concat());
+    let mut cache = ContextCache::default();
+    lm.infill_with_cache(&cold, &mut NoHook, &mut cache)
+        .unwrap();
+    g.bench_function("two_keystrokes", |bch| {
+        bch.iter(|| {
+            lm.infill_with_cache(&typed, &mut NoHook, &mut cache)
+                .unwrap();
+            lm.infill_with_cache(&cold, &mut NoHook, &mut cache)
+                .unwrap()
+        })
+    });
+    let spm_context = [suffix.as_slice(), prefix.as_slice()].concat();
+    g.bench_function("autoregressive", |bch| {
+        bch.iter(|| generate_autoregressive(lm.transformer(), &spm_context, tokens).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, shipped);
 criterion_main!(benches);

@@ -172,6 +172,8 @@ struct Candidate {
     banned: Vec<Vec<u32>>,
     alive: bool,
     done: bool,
+    /// Ended by the hook's cut (`Verdict::Truncate`), not by a predicted end token.
+    cut: bool,
     temperature: f32,
     rng: StdRng,
 }
@@ -199,6 +201,7 @@ impl Candidate {
     }
     /// An end token at `at`, and ends after it; what stood there is dropped.
     fn truncate(&mut self, at: usize, end_id: u32) {
+        self.cut = true;
         for j in at..self.tokens.len() {
             self.tokens[j] = Some(end_id);
             self.auto_end[j] = j > at;
@@ -323,9 +326,15 @@ fn sample_top_p(probs: &[f32], top_p: f32, rng: &mut StdRng) -> usize {
     idx[0]
 }
 
-/// The two tokens before span position `j` (from the prefix at the span's start), or `None`
+/// The one or two tokens before span position `j` (from the prefix at the span's start), oldest
+/// first, and how many; `None`
 /// while its left neighbour is masked.
-fn left_history(prefix: &[u32], tokens: &[Option<u32>], j: usize, end: u32) -> Option<Vec<u32>> {
+fn left_history(
+    prefix: &[u32],
+    tokens: &[Option<u32>],
+    j: usize,
+    end: u32,
+) -> Option<([u32; 2], usize)> {
     let at = |i: isize| -> Option<u32> {
         if i >= 0 {
             tokens[i as usize].filter(|&t| t != end)
@@ -338,9 +347,10 @@ fn left_history(prefix: &[u32], tokens: &[Option<u32>], j: usize, end: u32) -> O
     };
     let j = j as isize;
     let one = at(j - 1)?;
+    // An array, not a Vec: this runs for every masked position at every step.
     Some(match at(j - 2) {
-        Some(two) => vec![two, one],
-        None => vec![one],
+        Some(two) => ([two, one], 2),
+        None => ([one, 0], 1),
     })
 }
 
@@ -466,6 +476,7 @@ pub fn infill_cached(
             banned: vec![Vec::new(); n],
             alive: true,
             done: false,
+            cut: false,
             temperature: if c == 0 || params.temperature > 0.0 {
                 params.temperature
             } else {
@@ -545,9 +556,9 @@ pub fn infill_cached(
                 for &j in &masked {
                     // Where the left neighbour is known (the healed first position aside).
                     let history = left_history(&req.prefix, &cand.tokens, j, special.end);
-                    if let (Some(h), Some(p)) = (history, probs[j].as_mut()) {
+                    if let (Some((h, len)), Some(p)) = (history, probs[j].as_mut()) {
                         if !(j == 0 && first_allowed.is_some()) {
-                            ng.mix_into(p, &h, w);
+                            ng.mix_into(p, &h[..len], w);
                         }
                     }
                 }
@@ -671,7 +682,8 @@ pub fn infill_cached(
             .iter()
             .map(|t| t.expect("final candidate has no masks"))
             .collect();
-        let scored = (limit + usize::from(end.is_some())).min(n);
+        // A cut end was never predicted: its log-probability 0 would flatter the mean.
+        let scored = (limit + usize::from(end.is_some() && !cand.cut)).min(n);
         let mean_logprob = cand.logp[..scored].iter().sum::<f32>() / scored.max(1) as f32;
         let text = tok.decode(&tokens)?;
         let text = match healed {

@@ -122,7 +122,7 @@ impl Service {
             settings,
             span_len: options.span_len,
             heal: options.heal,
-            policy: options.policy.clone(),
+            policy: options.policy,
             cancel: token.clone(),
         };
         let answer = self.run(req, &token).await;
