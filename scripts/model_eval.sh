@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The evaluation in MODEL.md: diffusion-ls eval on the dev cases for every kind, with and without
-# tree-sitter verification, a sweep over steps, the oracle span length, the sampler's end rule off,
-# a shorter context window and a semi-autoregressive commit window. Prints one line per run.
+# tree-sitter verification, the learning curve's fixed decoding (no verification, `parallel`, 8
+# steps), a sweep over steps, the oracle span length, each named decoding policy and a shorter
+# context window. Prints one line per run.
 #   scripts/model_eval.sh [CASES] [EXTRA EVAL ARGS...]     (CASES default ../shared/eval/dev.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,9 @@ EXTRA=("$@")
 run default
 run no-verify --no-verify
 run oracle-length --oracle-length
-run free-ends --free-ends
+run curve --no-verify --policy parallel --steps 8
 run context-256 --context-tokens 256
-run commit-window-4 --commit-window 4
+for p in $("$bin" eval --help | sed -n 's/.*DecodingPolicy::ALL`: \(.*\))$/\1/p' | tr -d ,); do
+  run "policy-$p" --policy "$p"
+done
 for k in 1 2 4 8 16 32; do run "steps-$k" --steps "$k"; done

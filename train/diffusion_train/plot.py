@@ -2,6 +2,8 @@
 
     python -m diffusion_train.plot loss OUT.png RUN_DIR [RUN_DIR ...]
     python -m diffusion_train.plot curve OUT.png EVALS.jsonl   # lines written by evaluate --out
+    python -m diffusion_train.plot point CURVE.jsonl RUN TOKENS EVAL.jsonl
+        # append a curve point: per-kind EM/ES/empty of `diffusion-ls eval --out EVAL.jsonl`
 """
 from __future__ import annotations
 
@@ -66,6 +68,34 @@ def plot_curve(out: str, evals: str):
     fig.savefig(out)
 
 
+def curve_point(run: str, tokens: int, eval_jsonl: str) -> dict:
+    """Per-kind {n, em, es, empty} of the cases `diffusion-ls eval --out` wrote, and "all"."""
+    cases = [json.loads(l) for l in open(eval_jsonl) if l.strip()]
+    groups = defaultdict(list)
+    for c in cases:
+        groups[c["kind"]].append(c)
+        groups["all"].append(c)
+    table = {
+        kind: {
+            "n": len(cs),
+            "em": sum(c["em"] for c in cs) / len(cs),
+            "es": sum(c["es"] for c in cs) / len(cs),
+            "empty": sum(c["empty"] for c in cs) / len(cs),
+        }
+        for kind, cs in groups.items()
+    }
+    return {"run": run, "tokens": tokens, "table": table}
+
+
+def append_point(curve: str, run: str, tokens: str, eval_jsonl: str):
+    with open(curve, "a") as f:
+        f.write(json.dumps(curve_point(run, int(float(tokens)), eval_jsonl)) + "\n")
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
-    {"loss": lambda: plot_loss(out, rest), "curve": lambda: plot_curve(out, rest[0])}[what]()
+    {
+        "loss": lambda: plot_loss(out, rest),
+        "curve": lambda: plot_curve(out, rest[0]),
+        "point": lambda: append_point(out, *rest),
+    }[what]()

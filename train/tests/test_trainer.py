@@ -303,3 +303,22 @@ def test_gpu_command_rehearses_on_cpu(corpus_files, tmp_path):
     cfg = json.loads((out / "model/config.json").read_text())
     assert cfg["max_position_embeddings"] == 96 and cfg["torch_dtype"] == "float16"
     assert any("loss" in json.loads(l) for l in open(out / "log.jsonl"))
+
+
+def test_curve_point_scores_each_kind_and_all(tmp_path):
+    from diffusion_train.plot import append_point
+
+    cases = [
+        {"kind": "line", "em": True, "es": 1.0, "empty": False},
+        {"kind": "line", "em": False, "es": 0.5, "empty": False},
+        {"kind": "block", "em": False, "es": 0.0, "empty": True},
+    ]
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text("".join(json.dumps(c) + "\n" for c in cases))
+    curve = tmp_path / "curve.jsonl"
+    append_point(str(curve), "run", "1.5e6", str(ev))
+    point = json.loads(curve.read_text())
+    assert point["tokens"] == 1_500_000
+    assert point["table"]["line"] == {"n": 2, "em": 0.5, "es": 0.75, "empty": 0.0}
+    assert point["table"]["all"]["n"] == 3
+    assert abs(point["table"]["all"]["empty"] - 1 / 3) < 1e-9
