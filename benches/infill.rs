@@ -194,7 +194,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// A single-line completion as the server makes it, with the embedded default model (real
-/// weights, `spm_block` layout, `left-to-right-cache`, step budget 32): 768 tokens of this
+/// weights, `spm_block` layout, `left-to-right-cache`, step budget 32): 736 tokens of this
 /// repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
 /// the context's K/V; `keystroke` is the next request after typing one character (the
 /// document cache appends the new token); `autoregressive` decodes the same number of tokens
@@ -207,7 +207,7 @@ fn shipped(c: &mut Criterion) {
     let cut = cut + text[cut..].len() - text[cut..].trim_start().len();
     let before = lm.encode(&text[..cut]).unwrap();
     let after = lm.encode(&text[cut..]).unwrap();
-    let prefix = before[before.len().saturating_sub(768)..].to_vec();
+    let prefix = before[before.len().saturating_sub(736)..].to_vec();
     let suffix = after[..after.len().min(256)].to_vec();
     let request = |prefix: Vec<u32>| InfillRequest {
         prefix,
