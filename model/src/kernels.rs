@@ -17,9 +17,10 @@ use rayon::prelude::*;
 /// Rows of at least this many elements in all are split across threads.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
 
-/// e^x for x ≤ 88, relative error < 2e-7 (Cephes' expf): x = n·ln2 + r with |r| ≤ ln2/2, a
-/// degree-7 polynomial for e^r, 2^n built from the exponent bits. Below -87.3 the result is
-/// the smallest normal float, not 0: callers that need exact zeros (masked keys) skip the call.
+/// e^x for x ≤ 88, relative error < 5e-7 (tested; Cephes' expf): x = n·ln2 + r with
+/// |r| ≤ ln2/2, a degree-7 polynomial for e^r, 2^n built from the exponent bits. Below -87.3
+/// the result is the smallest normal float, not 0: callers that need exact zeros (masked keys,
+/// -inf scores) skip the call.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;

@@ -327,8 +327,7 @@ fn sample_top_p(probs: &[f32], top_p: f32, rng: &mut StdRng) -> usize {
 }
 
 /// The one or two tokens before span position `j` (from the prefix at the span's start), oldest
-/// first, and how many; `None`
-/// while its left neighbour is masked.
+/// first, and how many; `None` while its left neighbour is masked.
 fn left_history(
     prefix: &[u32],
     tokens: &[Option<u32>],

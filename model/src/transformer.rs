@@ -290,21 +290,22 @@ impl Transformer {
             store.get(head_name, &[cfg.vocab_size, d])?
         };
         let lm_head_t = input_major(lm_head)?;
-        let mut model = Self {
+        let table_len = cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as i64;
+        let rope_table = rope_tables_at(
+            cfg,
+            &(0..table_len).collect::<Vec<_>>(),
+            embed.dtype(),
+            device,
+        )?;
+        Ok(Self {
             cfg: cfg.clone(),
             embed,
             layers,
             norm: store.get(norm_name, &[d])?,
             lm_head_t,
-            rope_table: (
-                Tensor::zeros(0, DType::F32, device)?,
-                Tensor::zeros(0, DType::F32, device)?,
-            ),
+            rope_table,
             device: device.clone(),
-        };
-        let n = cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as i64;
-        model.rope_table = model.rope_tables_signed(&(0..n).collect::<Vec<_>>())?;
-        Ok(model)
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -335,26 +336,7 @@ impl Transformer {
     }
 
     fn rope_tables_signed(&self, positions: &[i64]) -> Result<(Tensor, Tensor)> {
-        let hd = self.cfg.head_dim();
-        let half = hd / 2;
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for i in 0..half {
-                // Same f32 arithmetic as the reference: inv_freq in f32, then position * inv_freq.
-                let inv_freq =
-                    1.0f32 / (self.cfg.rope_theta.powf((2 * i) as f64 / hd as f64) as f32);
-                let angle = p as f32 * inv_freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let shape = (positions.len(), half);
-        let dtype = self.embed.dtype();
-        Ok((
-            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(dtype)?,
-        ))
+        rope_tables_at(&self.cfg, positions, self.embed.dtype(), &self.device)
     }
 
     /// Move cached keys (B, KVH, L, hd) by `delta` positions: RoPE rotations compose, so keys
@@ -628,6 +610,33 @@ impl Transformer {
             crate::config::LogitsConvention::Shifted => logits,
         })
     }
+}
+
+/// RoPE cos/sin (len, head_dim/2) of `positions`, computed in f32 and stored as `dtype`.
+fn rope_tables_at(
+    cfg: &Config,
+    positions: &[i64],
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for i in 0..half {
+            // Same f32 arithmetic as the reference: inv_freq in f32, then position * inv_freq.
+            let inv_freq = 1.0f32 / (cfg.rope_theta.powf((2 * i) as f64 / hd as f64) as f32);
+            let angle = p as f32 * inv_freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let shape = (positions.len(), half);
+    Ok((
+        Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
+    ))
 }
 
 /// Key-padding mask (B, L) of 1 (real) / 0 (pad), in any dtype → additive bias (B, 1, L).
