@@ -260,8 +260,9 @@ pub fn complete(
 /// Token healing: the cursor often stands mid-pretoken (after `= `, `(` or a line's
 /// indentation), a token boundary the model has rarely seen. The prefix's last token is taken
 /// off and its text returned; the sampler's first token must start with it, and the completion
-/// comes back without it. Nothing is backed off when the prefix is empty, ends in a special
-/// token or in indentation, or its last token is not whole text ending at the cursor.
+/// comes back without it. Indentation gives back only its last space (the run one space short
+/// stays a single token). Nothing is backed off when the prefix is empty, ends in a special
+/// token, or its last token is not whole text ending at the cursor.
 pub fn heal(
     lm: &DiffusionLm,
     snap: &Snapshot,
@@ -278,13 +279,21 @@ pub fn heal(
         .checked_sub(text.len())
         .and_then(|from| snap.rope.get_byte_slice(from..cursor))
         .is_some_and(|s| s == text.as_str());
-    // A run of indentation is healed by no single token: natural text splits it as `\n   `
-    // + ` let`, and every token that starts with the whole run is more whitespace, so the
-    // constraint only left the model more indentation or an empty line (33% empty `line`
-    // answers in the dev eval). A lone space heals well (` W`, ` let`).
-    let indentation = text.len() > 1 && text.chars().all(char::is_whitespace);
-    if text.is_empty() || indentation || !at_cursor {
+    if text.is_empty() || !at_cursor {
         return None;
+    }
+    // A run of indentation is healed by its last space only: natural text splits it as
+    // `\n   ` + ` let`, so the model never saw the whole run before a word (it answered
+    // ` let` after it: a double space). Healing the whole run left it more whitespace or an
+    // empty line (33% empty `line` answers in the dev eval). A lone space heals as it is.
+    let indentation = text.len() > 1 && text.chars().all(char::is_whitespace);
+    if indentation {
+        let shorter = text.strip_suffix(' ')?;
+        let &[run] = lm.encode(shorter).ok()?.as_slice() else {
+            return None;
+        };
+        *window.prefix.last_mut()? = run;
+        return Some(" ".to_owned());
     }
     window.prefix.pop();
     Some(text.clone())
@@ -335,6 +344,31 @@ mod tests {
         let typed = format!("{text}f");
         complete_at(&lm, &typed, typed.len(), &mut cache);
         assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+
+    /// At a line's indentation healing gives back the last space only: the prefix ends in the
+    /// run one space short (one token, as natural text splits it before a word) and the first
+    /// token must start with a space.
+    #[test]
+    fn indentation_heals_its_last_space() {
+        let lm = fixture("trainer-spm");
+        let text = "fn main() {\n    \n}\n";
+        let cursor = text.find("\n}").unwrap();
+        let snap = Snapshot::from_text(
+            "file:///main.rs",
+            crate::language::by_language_id("rust"),
+            text,
+        );
+        let full = context::window(&snap.rope, &(cursor..cursor), 48, &|s| lm.encode(s)).unwrap();
+        assert_eq!(
+            lm.decode(&full.prefix[full.prefix.len() - 1..]).unwrap(),
+            "\n    "
+        );
+        let mut window = full.clone();
+        assert_eq!(heal(&lm, &snap, cursor, &mut window).as_deref(), Some(" "));
+        assert_eq!(window.prefix.len(), full.prefix.len());
+        assert_eq!(lm.decode(&window.prefix).unwrap(), text[..cursor - 1]);
+        assert_eq!(window.suffix, full.suffix);
     }
 
     /// Healing backs off exactly the prefix's last token, whose text ends at the cursor, and
