@@ -279,7 +279,7 @@ impl SpmBlock {
             }
         }
         Ok(Self {
-            kv: causal.context(),
+            kv: causal.context()?,
             context,
             causal,
             first,
@@ -448,7 +448,7 @@ impl ContextCache {
             ));
         }
         if new_prefix.is_empty() && new_suffix.is_empty() {
-            return Ok(Some(ContextKv { layers: kept }));
+            return Ok(Some(ContextKv { layers: kept }.for_steps()?));
         }
         // The changed tokens attend to the kept context and to each other.
         let ids: Vec<u32> = new_prefix.iter().chain(new_suffix).copied().collect();
@@ -482,6 +482,6 @@ impl ContextCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(ContextKv { layers }))
+        Ok(Some(ContextKv { layers }.for_steps()?))
     }
 }
