@@ -9,6 +9,8 @@
 //!   then the span. The context never sees the span, so its K/V are exact at every step, and
 //!   across keystrokes exact for the longest run of leading tokens that did not change.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{InfillLayout, LogitsConvention};
@@ -19,15 +21,16 @@ use crate::transformer::{ActiveWindow, CausalCache, ContextKv, KvBlock, Transfor
 
 /// Where the sampler gets the span's logits from, step after step.
 pub(crate) trait SpanLogits {
-    /// Logits (1 or |run|, n, vocab), f32, of every span position for the candidates `run`,
-    /// whose span tokens are `spans` (mask where undecided). One row when the prediction is
-    /// shared by every candidate.
+    /// Logits (1 or |run|, |rows|, vocab), f32, of the span positions `rows` for the
+    /// candidates `run`, whose span tokens are `spans` (mask where undecided). One row when
+    /// the prediction is shared by every candidate.
     fn step(
         &mut self,
         model: &Transformer,
         step: usize,
         run: &[usize],
         spans: &[Vec<u32>],
+        rows: Range<usize>,
         stats: &mut InfillStats,
     ) -> Result<Tensor>;
 
@@ -161,6 +164,7 @@ impl SpanLogits for Bidirectional<'_> {
         step: usize,
         run: &[usize],
         spans: &[Vec<u32>],
+        rows: Range<usize>,
         stats: &mut InfillStats,
     ) -> Result<Tensor> {
         let device = model.device();
@@ -203,7 +207,8 @@ impl SpanLogits for Bidirectional<'_> {
             let positions: Vec<u32> = (start as u32..(start + len) as u32).collect();
             model.forward_span(&ids, &positions, &kv)?
         };
-        let span_hidden = hidden.index_select(&self.rows, 1)?;
+        let rows = self.rows.narrow(0, rows.start, rows.len())?;
+        let span_hidden = hidden.index_select(&rows, 1)?;
         Ok(model.logits(&span_hidden)?.to_dtype(DType::F32)?)
     }
 
@@ -300,21 +305,36 @@ impl SpmBlock {
         });
     }
 
-    /// Logits (B, n, vocab), f32, of the span positions holding `span` (B, n), placed right
-    /// after the context. Shifted: span row j-1 predicts position j, the context's last
-    /// position predicts position 0, and the span's last row predicts past the span.
-    pub fn span_logits(&self, model: &Transformer, span: &Tensor) -> Result<Tensor> {
+    /// Logits (B, |rows|, vocab), f32, of the span positions `rows` when `span` (B, n) is
+    /// placed right after the context. Shifted: span row j-1 predicts position j, the
+    /// context's last position predicts position 0 (no pass needed for it alone), and the
+    /// span's last row predicts past the span.
+    pub fn span_logits(
+        &self,
+        model: &Transformer,
+        span: &Tensor,
+        rows: Range<usize>,
+    ) -> Result<Tensor> {
         let (b, n) = span.dims2()?;
+        if rows.is_empty() || rows.end > n {
+            return Err(ModelError::Request(format!(
+                "span rows {rows:?} outside 0..{n}"
+            )));
+        }
         let first = self.first.broadcast_as((b, 1, self.first.dim(2)?))?;
-        if n == 1 {
+        if rows.end == 1 {
             return Ok(first.contiguous()?);
         }
         let c = self.context.len() as u32;
         let positions: Vec<u32> = (c..c + n as u32).collect();
         let h = model.forward_span(span, &positions, &self.kv)?;
+        let from = rows.start.max(1);
         let rest = model
-            .logits(&h.narrow(1, 0, n - 1)?)?
+            .logits(&h.narrow(1, from - 1, rows.end - from)?)?
             .to_dtype(DType::F32)?;
+        if rows.start > 0 {
+            return Ok(rest);
+        }
         Ok(Tensor::cat(&[&first, &rest], 1)?)
     }
 }
@@ -326,6 +346,7 @@ impl SpanLogits for SpmBlock {
         _step: usize,
         _run: &[usize],
         spans: &[Vec<u32>],
+        rows: Range<usize>,
         _stats: &mut InfillStats,
     ) -> Result<Tensor> {
         let ids = Tensor::from_vec(
@@ -333,7 +354,7 @@ impl SpanLogits for SpmBlock {
             (spans.len(), spans[0].len()),
             model.device(),
         )?;
-        self.span_logits(model, &ids)
+        self.span_logits(model, &ids, rows)
     }
 
     fn keep(&self, cache: &mut ContextCache) {

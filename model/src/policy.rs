@@ -54,6 +54,9 @@ pub struct DecodingPolicy {
     /// Mix a cache model of the context's own tokens into each position whose left
     /// neighbours are known, with at most this weight (ngram.rs).
     pub document_cache: Option<f32>,
+    /// Left to right: a step predicts only this many leading masked positions (at least its
+    /// share), since it commits no other; the output head and softmax skip the rest.
+    pub lookahead: Option<usize>,
 }
 
 impl DecodingPolicy {
@@ -65,6 +68,7 @@ impl DecodingPolicy {
         ends: EndRule::InOrder,
         remask_below: None,
         document_cache: None,
+        lookahead: None,
     };
     /// As `parallel`, plus every position at least 0.9 confident (Fast-dLLM's rule).
     pub const PARALLEL_THRESHOLD: DecodingPolicy = DecodingPolicy {
@@ -86,12 +90,15 @@ impl DecodingPolicy {
         ends: EndRule::InOrder,
         remask_below: None,
         document_cache: None,
+        lookahead: None,
     };
     /// Left to right, and each step also commits the following positions while they are at
-    /// least 0.9 confident: fewer steps where the model is sure.
+    /// least 0.9 confident: fewer steps where the model is sure. A step looks 8 positions
+    /// ahead, so it commits at most 8.
     pub const LEFT_TO_RIGHT_THRESHOLD: DecodingPolicy = DecodingPolicy {
         name: "left-to-right-threshold",
         threshold: Some(0.9),
+        lookahead: Some(8),
         ..Self::LEFT_TO_RIGHT
     };
 
@@ -137,15 +144,35 @@ impl DecodingPolicy {
         self.ends == EndRule::Free || last_token.is_none_or(|l| l < j)
     }
 
-    /// Which of a step's proposals are committed, as indices into `proposals` (the masked
-    /// positions before the first committed end, left to right). `steps_left` counts this step
-    /// (1: the last, which commits everything).
-    pub(crate) fn select(&self, proposals: &[Proposal], steps_left: usize) -> Vec<usize> {
+    /// How many of the `masked` positions (before the first committed end, left to right) a
+    /// step must predict under a left-to-right lookahead: the leading ones it may commit.
+    /// `None`: every span position (committed ones too, whose confidence self-correction
+    /// reads). `steps_left` counts this step (1: the last, which commits everything).
+    pub(crate) fn predicted(&self, masked: usize, steps_left: usize) -> Option<usize> {
+        match (self.order, self.lookahead) {
+            (CommitOrder::LeftToRight, Some(k))
+                if steps_left > 1 && masked > 0 && self.remask_below.is_none() =>
+            {
+                Some(masked.min(k.max(masked.div_ceil(steps_left))))
+            }
+            _ => None,
+        }
+    }
+
+    /// Which of a step's proposals are committed, as indices into `proposals`: the leading
+    /// [`Self::predicted`] of the `masked` positions. `steps_left` counts this step (1: the
+    /// last, which commits everything).
+    pub(crate) fn select(
+        &self,
+        proposals: &[Proposal],
+        masked: usize,
+        steps_left: usize,
+    ) -> Vec<usize> {
         let m = proposals.len();
         if steps_left <= 1 || m == 0 {
             return (0..m).collect();
         }
-        let share = m.div_ceil(steps_left);
+        let share = masked.div_ceil(steps_left).min(m);
         let confident = |p: &Proposal| self.threshold.is_some_and(|t| p.confidence >= t);
         match self.order {
             CommitOrder::LeftToRight => {
@@ -213,7 +240,7 @@ mod tests {
     fn the_last_step_commits_everything() {
         let ps = proposals(&[0.1, 0.2, 0.3], &[2]);
         for p in DecodingPolicy::ALL {
-            assert_eq!(p.select(&ps, 1), vec![0, 1, 2], "{}", p.name);
+            assert_eq!(p.select(&ps, ps.len(), 1), vec![0, 1, 2], "{}", p.name);
         }
     }
 
@@ -222,34 +249,72 @@ mod tests {
         let ps = proposals(&[0.2, 0.5, 0.99, 0.4], &[2]);
         // Share of 4 masked over 2 steps: 2. The end at 2 is the most confident, but position
         // 0 is still masked.
-        assert_eq!(DecodingPolicy::PARALLEL.select(&ps, 2), vec![1, 3]);
-        assert_eq!(DecodingPolicy::FREE_ENDS.select(&ps, 2), vec![2, 1]);
+        assert_eq!(
+            DecodingPolicy::PARALLEL.select(&ps, ps.len(), 2),
+            vec![1, 3]
+        );
+        assert_eq!(
+            DecodingPolicy::FREE_ENDS.select(&ps, ps.len(), 2),
+            vec![2, 1]
+        );
     }
 
     #[test]
     fn a_threshold_commits_more_than_the_share() {
         let ps = proposals(&[0.95, 0.2, 0.97, 0.93, 0.1], &[]);
-        assert_eq!(DecodingPolicy::PARALLEL.select(&ps, 5), vec![2]);
+        assert_eq!(DecodingPolicy::PARALLEL.select(&ps, ps.len(), 5), vec![2]);
         assert_eq!(
-            DecodingPolicy::PARALLEL_THRESHOLD.select(&ps, 5),
+            DecodingPolicy::PARALLEL_THRESHOLD.select(&ps, ps.len(), 5),
             vec![2, 0, 3]
+        );
+    }
+
+    #[test]
+    fn a_lookahead_predicts_the_leading_positions_and_at_least_the_share() {
+        let ltr = DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD;
+        assert_eq!(ltr.lookahead, Some(8));
+        assert_eq!(ltr.predicted(20, 10), Some(8));
+        assert_eq!(ltr.predicted(5, 10), Some(5));
+        // A share above the lookahead; the last step commits everything.
+        assert_eq!(ltr.predicted(40, 2), Some(20));
+        assert_eq!(ltr.predicted(20, 1), None);
+        for p in [DecodingPolicy::PARALLEL, DecodingPolicy::LEFT_TO_RIGHT] {
+            assert_eq!(p.predicted(20, 10), None, "{}", p.name);
+        }
+        // The run of confident positions stops where the prediction does; the share counts
+        // every masked position.
+        let ps = proposals(&[0.3, 0.99, 0.99], &[]);
+        assert_eq!(ltr.select(&ps, 3, 4), vec![0, 1, 2]);
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT.select(&ps[..1], 20, 10),
+            vec![0]
+        );
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 20, 8),
+            vec![0, 1, 2]
         );
     }
 
     #[test]
     fn left_to_right_commits_the_leading_run() {
         let ps = proposals(&[0.3, 0.99, 0.99, 0.2], &[]);
-        assert_eq!(DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 4), vec![0]);
-        assert_eq!(DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 2), vec![0, 1]);
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT.select(&ps, ps.len(), 4),
+            vec![0]
+        );
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT.select(&ps, ps.len(), 2),
+            vec![0, 1]
+        );
         // The first masked position however unsure, then the confident ones after it, up to
         // the first that is not.
         assert_eq!(
-            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, 4),
+            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, ps.len(), 4),
             vec![0, 1, 2]
         );
         let ps = proposals(&[0.5, 0.99, 0.5, 0.99], &[1]);
         assert_eq!(
-            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, 4),
+            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, ps.len(), 4),
             vec![0, 1]
         );
     }

@@ -518,9 +518,26 @@ pub fn infill_cached(
                 tokens.iter().map(|t| t.unwrap_or(special.mask)).collect()
             })
             .collect();
-        let logits = layout.step(model, step, &run, &spans, &mut stats)?;
+        // The span positions this step predicts: each candidate's leading masked positions
+        // its policy may commit (all of them unless it looks ahead a bounded way).
+        let steps_left = steps.saturating_sub(step);
+        let leading: Option<Vec<(usize, usize)>> = run
+            .iter()
+            .map(|&c| {
+                let masked = cands[c].masked_before_end(special.end);
+                let k = policy.predicted(masked.len(), steps_left)?;
+                Some((masked[0], masked[k - 1] + 1))
+            })
+            .collect();
+        let window = match leading {
+            Some(w) if !w.is_empty() => {
+                w.iter().map(|w| w.0).min().unwrap_or(0)..w.iter().map(|w| w.1).max().unwrap_or(n)
+            }
+            _ => 0..n,
+        };
+        let logits = layout.step(model, step, &run, &spans, window.clone(), &mut stats)?;
         let mut logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
-        if let Some(allowed) = &first_allowed {
+        if let (Some(allowed), 0) = (&first_allowed, window.start) {
             for rows in &mut logits {
                 for (x, &ok) in rows[0].iter_mut().zip(allowed) {
                     if !ok {
@@ -540,9 +557,11 @@ pub fn infill_cached(
             let rows = &logits[if logits.len() == 1 { 0 } else { r }];
             let cand = &mut cands[c];
             let (temp, top_p) = (cand.temperature, params.top_p);
-            // One softmax per position and step, for every position that is not auto-filled.
+            // Row of span position j (in the window).
+            let row = |j: usize| &rows[j - window.start];
+            // One softmax per predicted position and step that is not auto-filled.
             let mut probs: Vec<Option<Vec<f32>>> = (0..n)
-                .map(|j| (!cand.auto_end[j]).then(|| softmax(&rows[j], 1.0)))
+                .map(|j| (window.contains(&j) && !cand.auto_end[j]).then(|| softmax(row(j), 1.0)))
                 .collect();
             // Refresh confidences of committed tokens (for self-correction and the hook).
             for j in 0..n {
@@ -550,9 +569,12 @@ pub fn infill_cached(
                     cand.conf[j] = p[t as usize];
                 }
             }
-            let masked = cand.masked_before_end(special.end);
+            let all_masked = cand.masked_before_end(special.end);
+            let masked = &all_masked[..policy
+                .predicted(all_masked.len(), steps_left)
+                .unwrap_or(all_masked.len())];
             if let (Some(ng), Some(w)) = (&ngrams, policy.document_cache) {
-                for &j in &masked {
+                for &j in masked {
                     // Where the left neighbour is known (the healed first position aside).
                     let history = left_history(&req.prefix, &cand.tokens, j, special.end);
                     if let (Some((h, len)), Some(p)) = (history, probs[j].as_mut()) {
@@ -578,7 +600,7 @@ pub fn infill_cached(
                         .as_deref()
                         .expect("masked positions are not auto-filled");
                     let (token, confidence, logp) =
-                        propose(&rows[j], p, &banned, order, temp, top_p, &mut cand.rng);
+                        propose(row(j), p, &banned, order, temp, top_p, &mut cand.rng);
                     Proposal {
                         position: j,
                         token,
@@ -590,7 +612,7 @@ pub fn infill_cached(
                 .collect();
             let last = step + 1 >= steps;
             let mut committed_now = vec![false; n];
-            for i in policy.select(&proposals, steps.saturating_sub(step)) {
+            for i in policy.select(&proposals, all_masked.len(), steps_left) {
                 let pr = &proposals[i];
                 let j = pr.position;
                 cand.tokens[j] = Some(pr.token);

@@ -572,3 +572,65 @@ fn a_remasked_token_is_not_proposed_again_at_its_position() {
         assert_ne!(hook.first[0], hook.first[1], "{}", policy.name);
     }
 }
+
+/// A left-to-right step predicts only the masked positions it may commit, in both layouts: it
+/// decodes what a step that predicts every position decodes, and its lookahead bounds how
+/// many positions one step commits.
+#[test]
+fn a_lookahead_predicts_only_what_a_step_may_commit() {
+    let spm = DiffusionLm::load_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer-spm"),
+    )
+    .unwrap();
+    for lm in [lm(), spm] {
+        let decode = |policy: DecodingPolicy| {
+            // No end inside the span: each step's commits are what leaves the masked count.
+            let params = SamplerParams {
+                steps: 12,
+                candidates: 2,
+                min_tokens: 12,
+                policy,
+                ..Default::default()
+            };
+            let mut rec = Recorder::default();
+            let out = lm.infill(&request(&lm, 12, params), &mut rec).unwrap();
+            let completions: Vec<(String, f32)> = out
+                .completions
+                .iter()
+                .map(|c| (c.text.clone(), c.mean_logprob))
+                .collect();
+            let masked_after_first = rec.views.iter().filter(|v| v.0 == 0).map(|v| v.2).max();
+            (completions, masked_after_first.unwrap())
+        };
+        let ltr = DecodingPolicy::LEFT_TO_RIGHT_CACHE;
+        assert_eq!(ltr.lookahead, Some(8));
+        let (every, _) = decode(DecodingPolicy {
+            lookahead: None,
+            ..ltr.clone()
+        });
+        let (leading, _) = decode(DecodingPolicy {
+            lookahead: Some(12),
+            ..ltr.clone()
+        });
+        assert_eq!(every.len(), leading.len());
+        for ((a, la), (b, lb)) in every.iter().zip(&leading) {
+            assert_eq!(a, b);
+            assert!((la - lb).abs() < 1e-4, "{la} vs {lb}");
+        }
+        // Every position confident: unbounded, the first step commits the whole span.
+        let sure = DecodingPolicy {
+            threshold: Some(0.0),
+            ..ltr
+        };
+        let unbounded = DecodingPolicy {
+            lookahead: None,
+            ..sure.clone()
+        };
+        assert_eq!(decode(unbounded).1, 0);
+        let bounded = DecodingPolicy {
+            lookahead: Some(3),
+            ..sure
+        };
+        assert_eq!(decode(bounded).1, 9);
+    }
+}

@@ -124,14 +124,29 @@ fn parity_trainer_spm_block_f16_sharded() {
             let mut rows = vec![raw[0].clone()];
             rows.extend_from_slice(&raw[..c - 1]);
             let spm = SpmBlock::new(m, context.to_vec(), None).unwrap();
-            let span_rows: Vec<Vec<f32>> = spm
-                .span_logits(m, &one_row(span))
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            rows.extend(span_rows);
+            let span_rows = |rows: std::ops::Range<usize>| -> Vec<Vec<f32>> {
+                spm.span_logits(m, &one_row(span), rows)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap()
+            };
+            let all = span_rows(0..span.len());
+            // A step that predicts only some positions gets exactly their rows.
+            for part in [0..1, 1..span.len(), 1..2, span.len() - 1..span.len()] {
+                let got = span_rows(part.clone());
+                assert_eq!(got.len(), part.len());
+                for (g, w) in got.iter().zip(&all[part]) {
+                    let d = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(d <= 1e-5, "max |Δlogits| = {d}");
+                }
+            }
+            rows.extend(all);
             rows
         })
         .collect();
@@ -180,7 +195,7 @@ fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
         assert!(cached.reused_tokens() < tokens.len(), "{what}");
         let fresh = SpmBlock::new(m, tokens, None).unwrap();
         let logits = |layout: &SpmBlock| -> Vec<f32> {
-            let t = layout.span_logits(m, &span).unwrap();
+            let t = layout.span_logits(m, &span, 0..span_ids.len()).unwrap();
             t.flatten_all().unwrap().to_vec1().unwrap()
         };
         let (got, want) = (logits(&cached), logits(&fresh));
