@@ -175,6 +175,9 @@ pub struct Transformer {
     device: Device,
 }
 
+/// Queries per chunk of a long causal pass ([`Transformer::attend_causal`]).
+const CAUSAL_CHUNK: usize = 256;
+
 /// Positions whose RoPE tables are computed once at load.
 const ROPE_TABLE_POSITIONS: usize = 4096;
 
@@ -466,6 +469,31 @@ impl Transformer {
             .reshape((b, h, lq, hd))?)
     }
 
+    /// Causal attention of queries (B, H, Lq, hd) that are the last Lq of `kv`'s keys. A long
+    /// run goes in chunks of queries, each over the keys up to its own end: the masked
+    /// triangle above a chunk is never computed (at 1,024 queries in chunks of 256, 5/8 of
+    /// the score and value products).
+    fn attend_causal(&self, q: &Tensor, kv: &KvBlock) -> Result<Tensor> {
+        let lq = q.dim(2)?;
+        if lq <= CAUSAL_CHUNK {
+            return self.attend(q, &[kv], Mask::Causal);
+        }
+        let past = kv.k.dim(2)? - lq;
+        let kv = kv.for_steps()?;
+        let mut out = Vec::with_capacity(lq.div_ceil(CAUSAL_CHUNK));
+        for start in (0..lq).step_by(CAUSAL_CHUNK) {
+            let len = CAUSAL_CHUNK.min(lq - start);
+            let keys = past + start + len;
+            let visible = KvBlock {
+                k: kv.k.narrow(2, 0, keys)?,
+                v: kv.v.narrow(2, 0, keys)?,
+            };
+            let chunk = q.narrow(2, start, len)?.contiguous()?;
+            out.push(self.attend(&chunk, &[&visible], Mask::Causal)?);
+        }
+        Ok(Tensor::cat(&out, 2)?)
+    }
+
     /// Output projection + residual + MLP for one layer.
     fn finish_layer(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let (b, h, l, hd) = attn.dims4()?;
@@ -586,17 +614,15 @@ impl Transformer {
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
-            let attn = match slot.as_ref() {
-                Some(past) => self.attend(&q, &[past, &kv], Mask::Causal)?,
-                None => self.attend(&q, &[&kv], Mask::Causal)?,
-            };
-            *slot = Some(match slot.take() {
+            let all = match slot.take() {
                 Some(past) => KvBlock {
                     k: Tensor::cat(&[&past.k, &kv.k], 2)?,
                     v: Tensor::cat(&[&past.v, &kv.v], 2)?,
                 },
                 None => kv,
-            });
+            };
+            let attn = self.attend_causal(&q, &all)?;
+            *slot = Some(all);
             x = self.finish_layer(layer, &x, &attn)?;
         }
         cache.len += l;

@@ -7,8 +7,10 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use model::internals::{ActiveWindow, CausalCache, SpmBlock};
+use candle_core::{DType, Device, Tensor};
+use model::internals::{
+    parameter_shapes, ActiveWindow, CausalCache, SpmBlock, TensorStore, Transformer,
+};
 use model::{ContextCache, DiffusionLm, ModelError};
 
 fn fixture(name: &str) -> PathBuf {
@@ -373,4 +375,44 @@ fn shifted_keys_equal_keys_computed_at_the_new_positions() {
             assert!(back.iter().zip(&orig).all(|(x, y)| (x - y).abs() < 1e-4));
         }
     }
+}
+
+/// A long causal pass runs its queries in chunks, each over the keys up to its own end; it
+/// gives what short passes continuing the cache give (each short enough to run whole).
+#[test]
+fn a_long_causal_pass_equals_short_ones_continuing_the_cache() {
+    let cfg = model::Config::default_family(64, 32, 2, 4, 2, 64, 1024);
+    let dev = Device::Cpu;
+    let params = parameter_shapes(&cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if name.ends_with("norm.weight") {
+                Tensor::ones(shape.as_slice(), DType::F32, &dev)
+            } else {
+                Tensor::randn(0f32, 0.3, shape.as_slice(), &dev)
+            };
+            (name, t.unwrap())
+        })
+        .collect();
+    let store = TensorStore::from_map(params, std::path::Path::new("random"));
+    let m = Transformer::new(&cfg, &store, &dev).unwrap();
+    let ids: Vec<u32> = (0..700).map(|i| (i * 37 % 61) as u32).collect();
+    let long = m
+        .forward_causal(&one_row(&ids), &mut CausalCache::default())
+        .unwrap();
+    let mut cache = CausalCache::default();
+    let short: Vec<Tensor> = ids
+        .chunks(100)
+        .map(|c| m.forward_causal(&one_row(c), &mut cache).unwrap())
+        .collect();
+    let short = Tensor::cat(&short, 1).unwrap();
+    let diff: f32 = (long - short)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff <= 1e-4, "max |Δhidden| = {diff}");
 }
