@@ -36,7 +36,7 @@ pub fn pin_thread_count() {
 pub use config::{Config, InfillLayout, LogitsConvention};
 pub use error::ModelError;
 pub use lm::DiffusionLm;
-pub use policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule};
+pub use policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Pace};
 pub use sampler::{
     infill, infill_cached, Completion, ContextCache, InfillOutput, InfillRequest, InfillStats,
     NoHook, SamplerParams, StepHook, StepView, Verdict,

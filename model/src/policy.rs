@@ -2,9 +2,10 @@
 //! end. A policy is a value the sampler takes; the server picks one per span kind and `eval`
 //! picks one by name, so a new decoding experiment is a new value, not a flag.
 //!
-//! Every policy shares the step budget: a step commits at least its share of the masked
-//! positions (`ceil(masked / steps left)`), and the last step commits all that remain. On top
-//! of it a policy orders the positions and may commit more (a confidence threshold, Fast-dLLM).
+//! A policy spends the step budget at its [`Pace`]: evenly (a step commits at least its share
+//! of the masked positions, `ceil(masked / steps left)`) or as the model is sure; the last step
+//! commits all that remain. On top of it a policy orders the positions and may commit more (a
+//! confidence threshold, Fast-dLLM).
 
 /// How a position's confidence is measured (Dream's options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +40,25 @@ pub enum EndRule {
     Free,
 }
 
+/// How a policy spends its step budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Every step commits at least its share of the masked positions (`ceil(masked / steps
+    /// left)`).
+    Even,
+    /// A step commits what its order and threshold choose (at least one position); the last
+    /// step commits whatever remains. Left to right, a share above one would commit positions
+    /// predicted with their left neighbour still masked (`let mut` + ` =`: the name dropped).
+    AsSure,
+}
+
 /// A decoding policy: a name and the rules it stands for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodingPolicy {
     pub name: &'static str,
     pub order: CommitOrder,
     /// Also commit every eligible position at least this confident (for `LeftToRight`: the
-    /// run of them right after the first masked position).
+    /// leading run of them).
     pub threshold: Option<f32>,
     pub ends: EndRule,
     /// Self-correction: committed tokens whose probability fell below this are masked again
@@ -57,6 +70,7 @@ pub struct DecodingPolicy {
     /// Left to right: a step predicts only this many leading masked positions (at least its
     /// share), since it commits no other; the output head and softmax skip the rest.
     pub lookahead: Option<usize>,
+    pub pace: Pace,
 }
 
 impl DecodingPolicy {
@@ -69,6 +83,7 @@ impl DecodingPolicy {
         remask_below: None,
         document_cache: None,
         lookahead: None,
+        pace: Pace::Even,
     };
     /// As `parallel`, plus every position at least 0.9 confident (Fast-dLLM's rule).
     pub const PARALLEL_THRESHOLD: DecodingPolicy = DecodingPolicy {
@@ -91,10 +106,11 @@ impl DecodingPolicy {
         remask_below: None,
         document_cache: None,
         lookahead: None,
+        pace: Pace::Even,
     };
-    /// Left to right, and each step also commits the following positions while they are at
-    /// least 0.9 confident: fewer steps where the model is sure. A step looks 8 positions
-    /// ahead, so it commits at most 8.
+    /// Left to right, and a step commits the leading positions while they are at least 0.9
+    /// confident: fewer steps where the model is sure. A step looks 8 positions ahead, so it
+    /// commits at most 8.
     pub const LEFT_TO_RIGHT_THRESHOLD: DecodingPolicy = DecodingPolicy {
         name: "left-to-right-threshold",
         threshold: Some(0.9),
@@ -103,10 +119,12 @@ impl DecodingPolicy {
     };
 
     /// `left-to-right-threshold` with the document's n-gram cache mixed in (weight ≤ 0.6; on
-    /// the dev eval 0.6 did a little better than 0.3, MODEL.md).
+    /// the dev eval 0.6 did a little better than 0.3, MODEL.md), at the pace the model is
+    /// sure: no position is committed blind before the last step.
     pub const LEFT_TO_RIGHT_CACHE: DecodingPolicy = DecodingPolicy {
         name: "left-to-right-cache",
         document_cache: Some(0.6),
+        pace: Pace::AsSure,
         ..Self::LEFT_TO_RIGHT_THRESHOLD
     };
 
@@ -153,9 +171,17 @@ impl DecodingPolicy {
             (CommitOrder::LeftToRight, Some(k))
                 if steps_left > 1 && masked > 0 && self.remask_below.is_none() =>
             {
-                Some(masked.min(k.max(masked.div_ceil(steps_left))))
+                Some(masked.min(k.max(self.share(masked, steps_left))))
             }
             _ => None,
+        }
+    }
+
+    /// The fewest positions a step that is not the last commits.
+    fn share(&self, masked: usize, steps_left: usize) -> usize {
+        match self.pace {
+            Pace::Even => masked.div_ceil(steps_left.max(1)),
+            Pace::AsSure => 1,
         }
     }
 
@@ -172,14 +198,15 @@ impl DecodingPolicy {
         if steps_left <= 1 || m == 0 {
             return (0..m).collect();
         }
-        let share = masked.div_ceil(steps_left).min(m);
+        let share = self.share(masked, steps_left).min(m);
         let confident = |p: &Proposal| self.threshold.is_some_and(|t| p.confidence >= t);
         match self.order {
             CommitOrder::LeftToRight => {
-                // The first masked position always, then the confident ones that follow it;
-                // committed together, the leading positions keep every end in order.
-                let run = 1 + proposals[1..].iter().take_while(|p| confident(p)).count();
-                (0..share.max(run)).collect()
+                // The leading run of confident positions, at least the first: a position
+                // after an unsure one was predicted with that one masked. Committed together,
+                // the leading positions keep every end in order.
+                let run = proposals.iter().take_while(|p| confident(p)).count();
+                (0..share.max(run).max(1)).collect()
             }
             CommitOrder::Confidence(_) => {
                 // An end after the first masked position would leave a hole before it.
@@ -283,7 +310,7 @@ mod tests {
         }
         // The run of confident positions stops where the prediction does; the share counts
         // every masked position.
-        let ps = proposals(&[0.3, 0.99, 0.99], &[]);
+        let ps = proposals(&[0.93, 0.99, 0.99], &[]);
         assert_eq!(ltr.select(&ps, 3, 4), vec![0, 1, 2]);
         assert_eq!(
             DecodingPolicy::LEFT_TO_RIGHT.select(&ps[..1], 20, 10),
@@ -293,6 +320,22 @@ mod tests {
             DecodingPolicy::LEFT_TO_RIGHT.select(&ps, 20, 8),
             vec![0, 1, 2]
         );
+    }
+
+    #[test]
+    fn as_sure_a_step_commits_no_blind_share() {
+        let ps = proposals(&[0.3, 0.2, 0.1, 0.1], &[]);
+        let sure = DecodingPolicy::LEFT_TO_RIGHT_CACHE;
+        assert_eq!(sure.pace, Pace::AsSure);
+        // Four masked over two steps: an even pace commits two, the second predicted with the
+        // first masked; as sure, one. The last step commits everything either way.
+        assert_eq!(
+            DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, 4, 2),
+            vec![0, 1]
+        );
+        assert_eq!(sure.select(&ps, 4, 2), vec![0]);
+        assert_eq!(sure.select(&ps, 4, 1), vec![0, 1, 2, 3]);
+        assert_eq!(sure.predicted(40, 2), Some(8));
     }
 
     #[test]
@@ -306,13 +349,14 @@ mod tests {
             DecodingPolicy::LEFT_TO_RIGHT.select(&ps, ps.len(), 2),
             vec![0, 1]
         );
-        // The first masked position however unsure, then the confident ones after it, up to
-        // the first that is not.
+        // After an unsure first position nothing else: what follows it was predicted with
+        // it masked.
         assert_eq!(
             DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, ps.len(), 4),
-            vec![0, 1, 2]
+            vec![0]
         );
-        let ps = proposals(&[0.5, 0.99, 0.5, 0.99], &[1]);
+        // The leading run of confident positions, up to the first that is not.
+        let ps = proposals(&[0.95, 0.99, 0.5, 0.99], &[1]);
         assert_eq!(
             DecodingPolicy::LEFT_TO_RIGHT_THRESHOLD.select(&ps, ps.len(), 4),
             vec![0, 1]
