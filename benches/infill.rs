@@ -197,8 +197,9 @@ fn bench(c: &mut Criterion) {
 /// weights, `spm_block` layout, `left-to-right-cache`, step budget 32): 736 tokens of this
 /// repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
 /// the context's K/V; `two_keystrokes` types a space and deletes it again, two requests that
-/// reuse the document cache (it appends, then drops, the new token); `autoregressive` decodes the same number of tokens
-/// as the cold diffusion answer, one per pass, over the same causal context.
+/// reuse the document cache (it appends, then drops, the new token); `autoregressive` decodes
+/// the same number of tokens as the cold diffusion answer, one per pass, over the same causal
+/// context.
 fn shipped(c: &mut Criterion) {
     model::pin_thread_count();
     let lm = DiffusionLm::load_default().unwrap();

@@ -518,16 +518,22 @@ pub fn infill_cached(
                 tokens.iter().map(|t| t.unwrap_or(special.mask)).collect()
             })
             .collect();
-        // The span positions this step predicts: each candidate's leading masked positions
-        // its policy may commit (all of them unless it looks ahead a bounded way).
+        // Each candidate's masked positions before its end, and how many of them (leading)
+        // this step predicts: all, unless its policy looks ahead a bounded way. The window is
+        // the span rows that holds them for every candidate.
         let steps_left = steps.saturating_sub(step);
-        let leading: Option<Vec<(usize, usize)>> = run
+        let open: Vec<Vec<usize>> = run
             .iter()
-            .map(|&c| {
-                let masked = cands[c].masked_before_end(special.end);
-                let k = policy.predicted(masked.len(), steps_left)?;
-                Some((masked[0], masked[k - 1] + 1))
-            })
+            .map(|&c| cands[c].masked_before_end(special.end))
+            .collect();
+        let predict: Vec<Option<usize>> = open
+            .iter()
+            .map(|m| policy.predicted(m.len(), steps_left))
+            .collect();
+        let leading: Option<Vec<(usize, usize)>> = open
+            .iter()
+            .zip(&predict)
+            .map(|(m, k)| k.map(|k| (m[0], m[k - 1] + 1)))
             .collect();
         let window = match leading {
             Some(w) if !w.is_empty() => {
@@ -569,10 +575,8 @@ pub fn infill_cached(
                     cand.conf[j] = p[t as usize];
                 }
             }
-            let all_masked = cand.masked_before_end(special.end);
-            let masked = &all_masked[..policy
-                .predicted(all_masked.len(), steps_left)
-                .unwrap_or(all_masked.len())];
+            let all_masked = &open[r];
+            let masked = &all_masked[..predict[r].unwrap_or(all_masked.len())];
             if let (Some(ng), Some(w)) = (&ngrams, policy.document_cache) {
                 for &j in masked {
                     // Where the left neighbour is known (the healed first position aside).

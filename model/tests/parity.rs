@@ -95,6 +95,13 @@ fn parity_trainer_shifted_f16() {
     check_parity("trainer-shifted");
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn one_row(ids: &[u32]) -> Tensor {
     Tensor::new(ids, &Device::Cpu)
         .unwrap()
@@ -140,11 +147,7 @@ fn parity_trainer_spm_block_f16_sharded() {
                 let got = span_rows(part.clone());
                 assert_eq!(got.len(), part.len());
                 for (g, w) in got.iter().zip(&all[part]) {
-                    let d = g
-                        .iter()
-                        .zip(w)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let d = max_abs_diff(g, w);
                     assert!(d <= 1e-5, "max |Δlogits| = {d}");
                 }
             }
@@ -201,11 +204,7 @@ fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
             t.flatten_all().unwrap().to_vec1().unwrap()
         };
         let (got, want) = (logits(&cached), logits(&fresh));
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs())
-            .fold(0f32, f32::max);
+        let max_diff = max_abs_diff(&got, &want);
         assert!(max_diff <= 1e-4, "{what}: max |Δlogits| = {max_diff}");
         cached.keep(&mut cache);
     }
