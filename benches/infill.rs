@@ -194,12 +194,13 @@ fn bench(c: &mut Criterion) {
 }
 
 /// A single-line completion as the server makes it, with the embedded default model (real
-/// weights, `spm_block` layout, `left-to-right-cache`, step budget 32): 736 tokens of this
+/// weights, `spm_block` layout, `left-to-right-cache` and `left-to-right-reuse`, step budget
+/// 32): 736 tokens of this
 /// repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
 /// the context's K/V; `two_keystrokes` types a space and deletes it again, two requests that
 /// reuse the document cache (it appends, then drops, the new token); `autoregressive` decodes
-/// the same number of tokens as the cold diffusion answer, one per pass, over the same causal
-/// context.
+/// the same number of tokens as the cold `left-to-right-cache` answer, one per pass, over the
+/// same causal context.
 fn shipped(c: &mut Criterion) {
     model::pin_thread_count();
     let lm = DiffusionLm::load_default().unwrap();
@@ -210,48 +211,61 @@ fn shipped(c: &mut Criterion) {
     let after = lm.encode(&text[cut..]).unwrap();
     let prefix = before[before.len().saturating_sub(736)..].to_vec();
     let suffix = after[..after.len().min(256)].to_vec();
-    let request = |prefix: Vec<u32>| InfillRequest {
+    let request = |prefix: Vec<u32>, policy: &DecodingPolicy| InfillRequest {
         prefix,
         suffix: suffix.clone(),
         span_len: 24,
         params: SamplerParams {
             steps: 32,
-            policy: DecodingPolicy::LEFT_TO_RIGHT_CACHE,
+            policy: policy.clone(),
             ..Default::default()
         },
         healing: None,
     };
-    let cold = request(prefix.clone());
-    // The first answer also primes the cache the keystroke bench reuses.
-    let mut cache = ContextCache::default();
-    let answer = lm
-        .infill_with_cache(&cold, &mut NoHook, &mut cache)
-        .unwrap();
-    let tokens = answer.completions[0].tokens.len().max(1);
-    eprintln!(
-        "shipped line infill: {} steps, {tokens} tokens: {:?}",
-        answer.stats.steps,
-        lm.decode(&answer.completions[0].tokens).unwrap()
-    );
-
+    let typed_prefix = [prefix.as_slice(), &lm.encode(" ").unwrap()].concat();
     let mut g = c.benchmark_group("shipped_line_infill");
     g.sample_size(10);
-    g.bench_function("cold", |bch| {
-        bch.iter(|| {
-            lm.infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
-                .unwrap()
-        })
-    });
-    // Two keystrokes an iteration: type a space, then delete it again.
-    let typed = request([prefix.as_slice(), &lm.encode(" ").unwrap()].concat());
-    g.bench_function("two_keystrokes", |bch| {
-        bch.iter(|| {
-            lm.infill_with_cache(&typed, &mut NoHook, &mut cache)
-                .unwrap();
-            lm.infill_with_cache(&cold, &mut NoHook, &mut cache)
-                .unwrap()
-        })
-    });
+    let mut tokens = 0;
+    // The shipped policy, and the one that reuses the span's rows between steps.
+    for policy in [
+        DecodingPolicy::LEFT_TO_RIGHT_CACHE,
+        DecodingPolicy::LEFT_TO_RIGHT_REUSE,
+    ] {
+        let cold = request(prefix.clone(), &policy);
+        // The first answer also primes the cache the keystroke bench reuses.
+        let mut cache = ContextCache::default();
+        let answer = lm
+            .infill_with_cache(&cold, &mut NoHook, &mut cache)
+            .unwrap();
+        let answer_tokens = answer.completions[0].tokens.len().max(1);
+        if tokens == 0 {
+            tokens = answer_tokens;
+        }
+        eprintln!(
+            "shipped line infill, {}: {} steps, {} span rows, {} tokens: {:?}",
+            policy.name,
+            answer.stats.steps,
+            answer.stats.span_rows_run,
+            answer_tokens,
+            lm.decode(&answer.completions[0].tokens).unwrap()
+        );
+        g.bench_function(BenchmarkId::new("cold", policy.name), |bch| {
+            bch.iter(|| {
+                lm.infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
+                    .unwrap()
+            })
+        });
+        // Two keystrokes an iteration: type a space, then delete it again.
+        let typed = request(typed_prefix.clone(), &policy);
+        g.bench_function(BenchmarkId::new("two_keystrokes", policy.name), |bch| {
+            bch.iter(|| {
+                lm.infill_with_cache(&typed, &mut NoHook, &mut cache)
+                    .unwrap();
+                lm.infill_with_cache(&cold, &mut NoHook, &mut cache)
+                    .unwrap()
+            })
+        });
+    }
     let spm_context = [suffix.as_slice(), prefix.as_slice()].concat();
     g.bench_function("autoregressive", |bch| {
         bch.iter(|| generate_autoregressive(lm.transformer(), &spm_context, tokens).unwrap())

@@ -57,7 +57,8 @@ pub(crate) fn for_request<'r>(
                 ModelError::Request("an spm_block model needs fim_prefix/fim_suffix tokens".into())
             })?;
             let context = SpmBlock::context_tokens(fim, &req.prefix, &req.suffix);
-            let spm = SpmBlock::new(model, context, cache)?;
+            let spm = SpmBlock::new(model, context, cache)?
+                .reusing_span_rows(req.params.policy.reuse_span_kv);
             stats.context_reused = spm.reused_tokens() > 0;
             stats.full_passes += usize::from(!stats.context_reused);
             Box::new(spm)
@@ -195,6 +196,7 @@ impl SpanLogits for Bidirectional<'_> {
             };
             self.ctx = Some((kv.expect("context K/V requested"), owners));
             stats.full_passes += 1;
+            stats.span_rows_run += len;
             h.narrow(1, start, len)?
         } else {
             let kv = self.context_for(run, device)?;
@@ -205,6 +207,7 @@ impl SpanLogits for Bidirectional<'_> {
             }
             let ids = Tensor::from_vec(ids, (spans.len(), len), device)?;
             let positions: Vec<u32> = (start as u32..(start + len) as u32).collect();
+            stats.span_rows_run += len;
             model.forward_span(&ids, &positions, &kv)?
         };
         let rows = self.rows.narrow(0, rows.start, rows.len())?;
@@ -235,6 +238,65 @@ pub struct SpmBlock {
     /// the same at every step since the causal context never sees the span.
     first: Tensor,
     reused: usize,
+    /// Run a step over only the span rows it changed or predicts from (see [`SpanRows`]).
+    reuse_span_rows: bool,
+    span: Option<SpanRows>,
+}
+
+/// The span's own keys/values from earlier steps, for a policy that reuses them
+/// ([`crate::DecodingPolicy::reuse_span_kv`]): a step runs the rows whose token changed and
+/// the rows whose logits it needs, and every other row keeps the keys/values of the step that
+/// last ran it.
+struct SpanRows {
+    /// The candidates of the batch rows, and each one's span tokens when its rows last ran.
+    run: Vec<usize>,
+    ids: Vec<Vec<u32>>,
+    kv: ContextKv,
+}
+
+impl SpanRows {
+    /// The rows of the candidates `run` (some of those cached: candidates only drop out).
+    fn select(self, run: &[usize]) -> Result<Option<SpanRows>> {
+        if run == self.run {
+            return Ok(Some(self));
+        }
+        let Some(at) = run
+            .iter()
+            .map(|c| self.run.iter().position(|r| r == c).map(|i| i as u32))
+            .collect::<Option<Vec<u32>>>()
+        else {
+            return Ok(None);
+        };
+        let index = Tensor::new(at.as_slice(), self.kv.layers[0].k.device())?;
+        let layers = self
+            .kv
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(KvBlock {
+                    k: l.k.index_select(&index, 0)?,
+                    v: l.v.index_select(&index, 0)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(SpanRows {
+            run: run.to_vec(),
+            ids: at.iter().map(|&i| self.ids[i as usize].clone()).collect(),
+            kv: ContextKv { layers },
+        }))
+    }
+
+    /// The smallest run of rows holding `need` and every row whose token changed.
+    fn rows_to_run(&self, spans: &[Vec<u32>], need: Range<usize>) -> Range<usize> {
+        let n = spans[0].len();
+        let changed = |j: usize| spans.iter().zip(&self.ids).any(|(s, c)| s[j] != c[j]);
+        let lo = (0..need.start).find(|&j| changed(j)).unwrap_or(need.start);
+        let hi = (need.end..n)
+            .rev()
+            .find(|&j| changed(j))
+            .map_or(need.end, |j| j + 1);
+        lo..hi
+    }
 }
 
 impl SpmBlock {
@@ -289,7 +351,15 @@ impl SpmBlock {
             causal,
             first,
             reused,
+            reuse_span_rows: false,
+            span: None,
         })
+    }
+
+    /// Let steps reuse the span's own keys/values (approximate; see [`SpanRows`]).
+    pub fn reusing_span_rows(mut self, reuse: bool) -> Self {
+        self.reuse_span_rows = reuse;
+        self
     }
 
     /// Leading context tokens whose K/V came from the cache.
@@ -316,27 +386,101 @@ impl SpmBlock {
         rows: Range<usize>,
     ) -> Result<Tensor> {
         let (b, n) = span.dims2()?;
-        if rows.is_empty() || rows.end > n {
-            return Err(ModelError::Request(format!(
-                "span rows {rows:?} outside 0..{n}"
-            )));
-        }
-        let first = self.first.broadcast_as((b, 1, self.first.dim(2)?))?;
+        check_rows(&rows, n)?;
         if rows.end == 1 {
-            return Ok(first.contiguous()?);
+            return self.rows_logits(model, None, b, rows);
         }
-        let c = self.context.len() as u32;
-        let positions: Vec<u32> = (c..c + n as u32).collect();
-        let h = model.forward_span(span, &positions, &self.kv)?;
+        let h = model.forward_span(span, &self.span_positions(0..n), &self.kv)?;
+        self.rows_logits(model, Some((&h, 0)), b, rows)
+    }
+
+    /// Positions of the span rows `rows`, right after the context.
+    fn span_positions(&self, rows: Range<usize>) -> Vec<u32> {
+        let c = self.context.len();
+        (c + rows.start..c + rows.end).map(|p| p as u32).collect()
+    }
+
+    /// The logits of span positions `rows` from hidden states `h` (B, L, d) of the span rows
+    /// from `h_start` on (shifted: row j-1 predicts position j; position 0 is `first`).
+    fn rows_logits(
+        &self,
+        model: &Transformer,
+        h: Option<(&Tensor, usize)>,
+        b: usize,
+        rows: Range<usize>,
+    ) -> Result<Tensor> {
+        let first = self.first.broadcast_as((b, 1, self.first.dim(2)?))?;
+        let Some((h, h_start)) = h.filter(|_| rows.end > 1) else {
+            return Ok(first.contiguous()?);
+        };
         let from = rows.start.max(1);
         let rest = model
-            .logits(&h.narrow(1, from - 1, rows.end - from)?)?
+            .logits(&h.narrow(1, from - 1 - h_start, rows.end - from)?)?
             .to_dtype(DType::F32)?;
         if rows.start > 0 {
             return Ok(rest);
         }
         Ok(Tensor::cat(&[&first, &rest], 1)?)
     }
+
+    /// A step that reuses the span rows it need not run: the first (or a changed batch) runs
+    /// every row and keeps their keys/values.
+    fn reusing_step(
+        &mut self,
+        model: &Transformer,
+        run: &[usize],
+        spans: &[Vec<u32>],
+        ids: &Tensor,
+        rows: Range<usize>,
+        stats: &mut InfillStats,
+    ) -> Result<Tensor> {
+        let (b, n) = ids.dims2()?;
+        check_rows(&rows, n)?;
+        if rows.end == 1 {
+            return self.rows_logits(model, None, b, rows);
+        }
+        let cached = match self.span.take() {
+            Some(s) => s.select(run)?,
+            None => None,
+        };
+        let Some(mut cached) = cached else {
+            stats.span_rows_run += n;
+            let positions = self.span_positions(0..n);
+            let (h, kv) = model.forward_span_kv(ids, &positions, &self.kv, true)?;
+            self.span = kv.map(|kv| SpanRows {
+                run: run.to_vec(),
+                ids: spans.to_vec(),
+                kv,
+            });
+            return self.rows_logits(model, Some((&h, 0)), b, rows);
+        };
+        // Rows rows.start - 1 .. rows.end - 1 predict the positions asked for (row -1: `first`).
+        let need = rows.start.max(1) - 1..rows.end - 1;
+        let ran = cached.rows_to_run(spans, need);
+        stats.span_rows_run += ran.len();
+        let h = model.forward_span_rows(
+            &ids.narrow(1, ran.start, ran.len())?,
+            &self.span_positions(ran.clone()),
+            &self.kv,
+            &mut cached.kv,
+            ran.clone(),
+        )?;
+        for (kept, now) in cached.ids.iter_mut().zip(spans) {
+            kept[ran.clone()].copy_from_slice(&now[ran.clone()]);
+        }
+        let out = self.rows_logits(model, Some((&h, ran.start)), b, rows);
+        self.span = Some(cached);
+        out
+    }
+}
+
+fn check_rows(rows: &Range<usize>, n: usize) -> Result<()> {
+    if rows.is_empty() || rows.end > n {
+        return Err(ModelError::Request(format!(
+            "span rows {rows:?} outside 0..{n}"
+        )));
+    }
+    Ok(())
 }
 
 impl SpanLogits for SpmBlock {
@@ -344,16 +488,19 @@ impl SpanLogits for SpmBlock {
         &mut self,
         model: &Transformer,
         _step: usize,
-        _run: &[usize],
+        run: &[usize],
         spans: &[Vec<u32>],
         rows: Range<usize>,
-        _stats: &mut InfillStats,
+        stats: &mut InfillStats,
     ) -> Result<Tensor> {
-        let ids = Tensor::from_vec(
-            spans.concat(),
-            (spans.len(), spans[0].len()),
-            model.device(),
-        )?;
+        let n = spans[0].len();
+        let ids = Tensor::from_vec(spans.concat(), (spans.len(), n), model.device())?;
+        if self.reuse_span_rows {
+            return self.reusing_step(model, run, spans, &ids, rows, stats);
+        }
+        if rows.end > 1 {
+            stats.span_rows_run += n;
+        }
         self.span_logits(model, &ids, rows)
     }
 
@@ -504,5 +651,87 @@ impl ContextCache {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(ContextKv { layers }.for_steps()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiffusionLm;
+
+    fn spm() -> DiffusionLm {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/trainer-spm");
+        DiffusionLm::load_dir(std::path::Path::new(dir)).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let (a, b) = (values(a), values(b));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A reusing step runs the rows whose token changed and the rows that predict the
+    /// positions asked for; with nothing changed it is exact, and running every row is exact.
+    #[test]
+    fn a_reusing_step_runs_only_changed_and_predicting_rows() {
+        let lm = spm();
+        let m = lm.transformer();
+        let fim = lm.tokenizer().special.fim.unwrap();
+        let mask = lm.tokenizer().special.mask;
+        let prefix = lm
+            .encode("fn add(a: u32, b: u32) -> u32 {\n    let sum = ")
+            .unwrap();
+        let suffix = lm.encode(";\n    sum\n}\n").unwrap();
+        let context = SpmBlock::context_tokens(fim, &prefix, &suffix);
+        let exact = SpmBlock::new(m, context.clone(), None).unwrap();
+        let mut reusing = SpmBlock::new(m, context, None)
+            .unwrap()
+            .reusing_span_rows(true);
+        let n = 10;
+        let mut stats = InfillStats::default();
+        let mut step = |spans: &[Vec<u32>], rows: Range<usize>, stats: &mut InfillStats| {
+            let run: Vec<usize> = (0..spans.len()).collect();
+            reusing.step(m, 0, &run, spans, rows, stats).unwrap()
+        };
+        let exact_rows = |spans: &[Vec<u32>], rows: Range<usize>| {
+            let ids = Tensor::from_vec(spans.concat(), (spans.len(), n), m.device()).unwrap();
+            exact.span_logits(m, &ids, rows).unwrap()
+        };
+        let masked = vec![vec![mask; n]; 2];
+        // The first step runs every row.
+        let got = step(&masked, 0..4, &mut stats);
+        assert!(max_diff(&got, &exact_rows(&masked, 0..4)) <= 1e-5);
+        assert_eq!(stats.span_rows_run, n);
+        // Nothing changed: positions 3..7 come from rows 2..6, exactly.
+        let got = step(&masked, 3..7, &mut stats);
+        assert!(max_diff(&got, &exact_rows(&masked, 3..7)) <= 1e-5);
+        assert_eq!(stats.span_rows_run, n + 4);
+        // Position 2 committed in both candidates: rows 2..6 run again (row 2 with its token);
+        // the rows after them keep the keys/values they had as masks.
+        let mut committed = masked.clone();
+        for span in &mut committed {
+            span[2] = 267;
+        }
+        let after = step(&committed, 3..7, &mut stats);
+        assert_eq!(stats.span_rows_run, n + 8);
+        assert!(max_diff(&got, &after) > 1e-3, "the commit changed nothing");
+        // Every row changed and every position asked for: the whole span runs, exactly.
+        let other = vec![vec![42u32; n], vec![7u32; n]];
+        let got = step(&other, 0..n, &mut stats);
+        assert!(max_diff(&got, &exact_rows(&other, 0..n)) <= 1e-4);
+        assert_eq!(stats.span_rows_run, 2 * n + 8);
+        // The first candidate drops out: the second's rows are kept, exactly.
+        let got = reusing
+            .step(m, 1, &[1], &other[1..], 5..8, &mut stats)
+            .unwrap();
+        assert!(max_diff(&got, &exact_rows(&other[1..], 5..8)) <= 1e-4);
+        assert_eq!(stats.span_rows_run, 2 * n + 8 + 3);
     }
 }

@@ -71,6 +71,10 @@ pub struct DecodingPolicy {
     /// share), since it commits no other; the output head and softmax skip the rest.
     pub lookahead: Option<usize>,
     pub pace: Pace,
+    /// A step runs only the span rows whose token changed and those that predict its
+    /// lookahead; the other rows keep the keys/values of the step that last ran them
+    /// (Fast-dLLM's approximate cache; `spm_block` layout). Exact when false.
+    pub reuse_span_kv: bool,
 }
 
 impl DecodingPolicy {
@@ -84,6 +88,7 @@ impl DecodingPolicy {
         document_cache: None,
         lookahead: None,
         pace: Pace::Even,
+        reuse_span_kv: false,
     };
     /// As `parallel`, plus every position at least 0.9 confident (Fast-dLLM's rule).
     pub const PARALLEL_THRESHOLD: DecodingPolicy = DecodingPolicy {
@@ -107,6 +112,7 @@ impl DecodingPolicy {
         document_cache: None,
         lookahead: None,
         pace: Pace::Even,
+        reuse_span_kv: false,
     };
     /// Left to right, and a step commits the leading positions while they are at least 0.9
     /// confident: fewer steps where the model is sure. A step looks 8 positions ahead, so it
@@ -128,13 +134,22 @@ impl DecodingPolicy {
         ..Self::LEFT_TO_RIGHT_THRESHOLD
     };
 
-    pub const ALL: [DecodingPolicy; 6] = [
+    /// `left-to-right-cache` whose steps run only the rows they change or predict from (the
+    /// newly committed ones and the lookahead's), reusing the span's other keys/values.
+    pub const LEFT_TO_RIGHT_REUSE: DecodingPolicy = DecodingPolicy {
+        name: "left-to-right-reuse",
+        reuse_span_kv: true,
+        ..Self::LEFT_TO_RIGHT_CACHE
+    };
+
+    pub const ALL: [DecodingPolicy; 7] = [
         Self::PARALLEL,
         Self::PARALLEL_THRESHOLD,
         Self::FREE_ENDS,
         Self::LEFT_TO_RIGHT,
         Self::LEFT_TO_RIGHT_THRESHOLD,
         Self::LEFT_TO_RIGHT_CACHE,
+        Self::LEFT_TO_RIGHT_REUSE,
     ];
 
     pub fn named(name: &str) -> Option<DecodingPolicy> {

@@ -150,6 +150,9 @@ pub struct InfillStats {
     pub context_reused: bool,
     pub context_tokens: usize,
     pub span_tokens: usize,
+    /// Span rows the steps ran through the network, summed over steps (the whole span each
+    /// step, unless the policy reuses the span's keys/values).
+    pub span_rows_run: usize,
     pub encode_ms: f64,
     pub denoise_ms: f64,
 }

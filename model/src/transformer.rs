@@ -93,6 +93,21 @@ impl KvBlock {
     }
 }
 
+/// `t` (B, H, n, hd) with its rows `start..start + fresh rows` replaced by `fresh`.
+fn splice_rows(t: &Tensor, fresh: &Tensor, start: usize) -> Result<Tensor> {
+    let (n, len) = (t.dim(2)?, fresh.dim(2)?);
+    let end = start + len;
+    let mut parts = Vec::with_capacity(3);
+    if start > 0 {
+        parts.push(t.narrow(2, 0, start)?);
+    }
+    parts.push(fresh.clone());
+    if end < n {
+        parts.push(t.narrow(2, end, n - end)?);
+    }
+    Ok(Tensor::cat(&parts, 2)?)
+}
+
 /// Per-layer keys/values of the fixed context (prefix and suffix) of an infill request.
 #[derive(Clone)]
 pub struct ContextKv {
@@ -597,6 +612,38 @@ impl Transformer {
             self.rms_norm(&x, &self.norm)?,
             keep.then_some(ContextKv { layers: own }),
         ))
+    }
+
+    /// [`Self::forward_span`] for only the span rows `rows`, `ids` (B, |rows|) at `positions`:
+    /// they attend to the context and to the whole span, whose other rows' keys/values `span`
+    /// holds (per layer (B, kv_heads, n, head_dim)) from the step that last ran them; the rows'
+    /// fresh keys/values replace theirs in `span`. Approximate (Fast-dLLM's cache): the rows not
+    /// run do not see what changed since they ran.
+    pub fn forward_span_rows(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        ctx: &ContextKv,
+        span: &mut ContextKv,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        let rope = self.rope_tables(positions)?;
+        let mut x = self.embed(ids)?;
+        for ((layer, ctx_kv), own) in self.layers.iter().zip(&ctx.layers).zip(&mut span.layers) {
+            let y = self.rms_norm(&x, &layer.input_norm)?;
+            let (q, kv) = self.qkv(layer, &y, &rope)?;
+            *own = KvBlock {
+                k: splice_rows(&own.k, &kv.k, rows.start)?,
+                v: splice_rows(&own.v, &kv.v, rows.start)?,
+            };
+            let attn = if ctx_kv.k.dim(2)? == 0 {
+                self.attend(&q, &[own], Mask::Full)?
+            } else {
+                self.attend(&q, &[ctx_kv, own], Mask::Full)?
+            };
+            x = self.finish_layer(layer, &x, &attn)?;
+        }
+        self.rms_norm(&x, &self.norm)
     }
 
     /// Causal pass of `ids` (1, L) continuing the cache (positions `cache.len..`): the hidden

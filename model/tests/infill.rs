@@ -634,3 +634,41 @@ fn a_lookahead_predicts_only_what_a_step_may_commit() {
         assert_eq!(decode(bounded).1, 9);
     }
 }
+
+/// Reusing the span's keys/values, a left-to-right step runs only the rows it changed and
+/// the rows its lookahead predicts from: the same number of steps decodes a whole span over
+/// fewer rows, and the first step (nothing reused yet) predicts what the exact policy does.
+#[test]
+fn reusing_span_rows_runs_fewer_rows_over_the_same_steps() {
+    let spm = DiffusionLm::load_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer-spm"),
+    )
+    .unwrap();
+    let n = 24;
+    let decode = |policy: DecodingPolicy| {
+        let params = SamplerParams {
+            steps: n,
+            min_tokens: n,
+            policy,
+            ..Default::default()
+        };
+        let mut rec = Recorder::default();
+        let out = spm.infill(&request(&spm, n, params), &mut rec).unwrap();
+        (out, rec.views)
+    };
+    let (exact, exact_views) = decode(DecodingPolicy::LEFT_TO_RIGHT_CACHE);
+    let (reused, reused_views) = decode(DecodingPolicy::LEFT_TO_RIGHT_REUSE);
+    assert_eq!(reused.completions.len(), 1);
+    assert_eq!(reused.completions[0].tokens.len(), n);
+    assert_eq!(exact_views[0], reused_views[0]);
+    assert_eq!(exact.stats.steps, reused.stats.steps);
+    // Every step but the first and the last runs at most the lookahead and the new commits.
+    let steps = exact.stats.steps;
+    assert_eq!(exact.stats.span_rows_run, steps * n);
+    assert!(
+        reused.stats.span_rows_run < exact.stats.span_rows_run / 2,
+        "{} rows against {}",
+        reused.stats.span_rows_run,
+        exact.stats.span_rows_run
+    );
+}

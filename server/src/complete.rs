@@ -101,11 +101,12 @@ pub enum CompleteError {
 
 /// The decoding policy of a span kind for a model of this layout. An autoregressive-first
 /// (`spm_block`) model decodes best left to right, where each position is predicted from its
-/// committed left neighbour, with the document's n-gram cache; a bidirectional one by
-/// confidence. The dev eval of each choice is in MODEL.md ("Decoding").
+/// committed left neighbour, with the document's n-gram cache, each step running only the
+/// span rows it changes or predicts from; a bidirectional one by confidence. The dev eval of
+/// each choice is in MODEL.md ("Decoding").
 pub fn policy_for(layout: InfillLayout, kind: SpanKind) -> DecodingPolicy {
     match (layout, kind) {
-        (InfillLayout::SpmBlock, _) => DecodingPolicy::LEFT_TO_RIGHT_CACHE,
+        (InfillLayout::SpmBlock, _) => DecodingPolicy::LEFT_TO_RIGHT_REUSE,
         (InfillLayout::Bidirectional, _) => DecodingPolicy::PARALLEL,
     }
 }
@@ -446,7 +447,7 @@ mod tests {
         let default = answer(None);
         assert_eq!(default.kind, SpanKind::Line);
         let chosen = policy_for(lm.config().infill_layout, default.kind);
-        assert_eq!(chosen, DecodingPolicy::LEFT_TO_RIGHT_CACHE);
+        assert_eq!(chosen, DecodingPolicy::LEFT_TO_RIGHT_REUSE);
         let named = answer(Some(chosen));
         let texts = |a: &Answer| a.items.iter().map(|i| i.text.clone()).collect::<Vec<_>>();
         assert_eq!(texts(&default), texts(&named));
