@@ -163,7 +163,7 @@ fn initialize_advertises_features() {
         .any(|(m, p)| m == "$/progress" && p["value"]["kind"] == "begin"));
     // Settings: initializationOptions, then a partial didChangeConfiguration on top.
     let mut want = json!({
-        "model": null, "steps": 3, "maxSpanTokens": 256, "candidates": 1, "temperature": 0.0,
+        "model": null, "steps": 3, "maxSpanTokens": 256, "candidates": 3, "temperature": 0.0,
         "contextTokens": 1024, "verify": true, "debounceMs": 5,
     });
     let settings = s.result("diffusionLs/status", Value::Null)["settings"].clone();
