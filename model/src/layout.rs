@@ -72,6 +72,14 @@ enum CtxRows {
     PerCandidate(Vec<usize>),
 }
 
+/// The batch rows of the candidates `run` in a batch whose rows belong to `owners`, or `None`
+/// when one of them has no row.
+fn batch_rows(owners: &[usize], run: &[usize]) -> Option<Vec<u32>> {
+    run.iter()
+        .map(|c| owners.iter().position(|o| o == c).map(|i| i as u32))
+        .collect()
+}
+
 /// `prefix span suffix` under full attention.
 struct Bidirectional<'r> {
     prefix: &'r [u32],
@@ -133,28 +141,8 @@ impl<'r> Bidirectional<'r> {
         let CtxRows::PerCandidate(owner) = owners else {
             return Ok(kv.clone());
         };
-        let idx: Vec<u32> = run
-            .iter()
-            .map(|c| {
-                owner
-                    .iter()
-                    .position(|o| o == c)
-                    .expect("candidate in cache") as u32
-            })
-            .collect();
-        let idx = Tensor::new(idx.as_slice(), device)?;
-        Ok(ContextKv {
-            layers: kv
-                .layers
-                .iter()
-                .map(|l| {
-                    Ok(KvBlock {
-                        k: l.k.index_select(&idx, 0)?,
-                        v: l.v.index_select(&idx, 0)?,
-                    })
-                })
-                .collect::<Result<_>>()?,
-        })
+        let idx = batch_rows(owner, run).expect("every running candidate is cached");
+        kv.select_batch(&Tensor::new(idx.as_slice(), device)?)
     }
 }
 
@@ -260,29 +248,14 @@ impl SpanRows {
         if run == self.run {
             return Ok(Some(self));
         }
-        let Some(at) = run
-            .iter()
-            .map(|c| self.run.iter().position(|r| r == c).map(|i| i as u32))
-            .collect::<Option<Vec<u32>>>()
-        else {
+        let Some(at) = batch_rows(&self.run, run) else {
             return Ok(None);
         };
         let index = Tensor::new(at.as_slice(), self.kv.layers[0].k.device())?;
-        let layers = self
-            .kv
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(KvBlock {
-                    k: l.k.index_select(&index, 0)?,
-                    v: l.v.index_select(&index, 0)?,
-                })
-            })
-            .collect::<Result<_>>()?;
         Ok(Some(SpanRows {
             run: run.to_vec(),
             ids: at.iter().map(|&i| self.ids[i as usize].clone()).collect(),
-            kv: ContextKv { layers },
+            kv: self.kv.select_batch(&index)?,
         }))
     }
 

@@ -126,6 +126,21 @@ impl ContextKv {
         })
     }
 
+    /// The batch rows `index` (u32, into dim 0) of every layer.
+    pub fn select_batch(&self, index: &Tensor) -> Result<ContextKv> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(KvBlock {
+                    k: l.k.index_select(index, 0)?,
+                    v: l.v.index_select(index, 0)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ContextKv { layers })
+    }
+
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, |l| l.k.dim(2).unwrap_or(0))
     }
@@ -484,6 +499,15 @@ impl Transformer {
             .reshape((b, h, lq, hd))?)
     }
 
+    /// Span queries over the cached context (if any) and the span's own keys/values.
+    fn attend_span(&self, q: &Tensor, ctx: &KvBlock, span: &KvBlock) -> Result<Tensor> {
+        if ctx.k.dim(2)? == 0 {
+            self.attend(q, &[span], Mask::Full)
+        } else {
+            self.attend(q, &[ctx, span], Mask::Full)
+        }
+    }
+
     /// Causal attention of queries (B, H, Lq, hd) that are the last Lq of `kv`'s keys. A long
     /// run goes in chunks of queries, each over the keys up to its own end: the masked
     /// triangle above a chunk is never computed (at 1,024 queries in chunks of 256, 5/8 of
@@ -598,11 +622,7 @@ impl Transformer {
         for (layer, ctx_kv) in self.layers.iter().zip(&ctx.layers) {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
-            let attn = if ctx_kv.k.dim(2)? == 0 {
-                self.attend(&q, &[&kv], Mask::Full)?
-            } else {
-                self.attend(&q, &[ctx_kv, &kv], Mask::Full)?
-            };
+            let attn = self.attend_span(&q, ctx_kv, &kv)?;
             if keep {
                 own.push(kv);
             }
@@ -636,11 +656,7 @@ impl Transformer {
                 k: splice_rows(&own.k, &kv.k, rows.start)?,
                 v: splice_rows(&own.v, &kv.v, rows.start)?,
             };
-            let attn = if ctx_kv.k.dim(2)? == 0 {
-                self.attend(&q, &[own], Mask::Full)?
-            } else {
-                self.attend(&q, &[ctx_kv, own], Mask::Full)?
-            };
+            let attn = self.attend_span(&q, ctx_kv, own)?;
             x = self.finish_layer(layer, &x, &attn)?;
         }
         self.rms_norm(&x, &self.norm)
