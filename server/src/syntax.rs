@@ -16,8 +16,9 @@ pub const DOCUMENT_PARSE_BUDGET: Duration = Duration::from_secs(3);
 /// Longest one verifier parse (a candidate spliced into the document) may take; past it the
 /// candidate counts as broken (fail closed).
 pub const CHECK_PARSE_BUDGET: Duration = Duration::from_millis(500);
-/// Longest all the verifier parses of one request may take together: a document where every
-/// check is slow would otherwise hold the model thread for steps × candidates × the above.
+/// Longest all the verifier parses of one request may take together (their own time, not the
+/// model's between them): a document where every check is slow would otherwise hold the model
+/// thread for steps × candidates × the above.
 pub const REQUEST_VERIFY_BUDGET: Duration = Duration::from_secs(2);
 
 /// Why [`parse_bounded`] produced no tree.

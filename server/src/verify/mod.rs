@@ -77,10 +77,12 @@ pub struct Site {
     /// The document parses but for the hole: candidates must make the whole file parse.
     strict: bool,
     parser: Parser,
-    /// Stops the check parses of a cancelled request, and all of them past a deadline (see
-    /// [`Site::bounded`]).
+    /// Stops the check parses of a cancelled request (see [`Site::bounded`]).
     cancel: Option<CancelToken>,
-    deadline: Option<Instant>,
+    /// Parse time the checks may still spend; `None` is only [`CHECK_PARSE_BUDGET`] a parse.
+    /// It counts the parses alone, not the model's steps between them: a request whose
+    /// denoising is slow (a loaded machine, three candidates of a long block) keeps its checks.
+    parse_time_left: Option<Duration>,
 }
 
 impl Site {
@@ -126,23 +128,24 @@ impl Site {
             baseline,
             parser,
             cancel: None,
-            deadline: None,
+            parse_time_left: None,
         };
         if !site.strict && !site.baseline.is_empty() {
             // Errors away from the hole's line may still be the hole's: an opening `{` cut
             // out shows up at the far `}`. If a small filler at the hole makes the whole file
             // parse, the document parses apart from the hole.
-            site.deadline = Some(Instant::now() + HOLE_PROBE_BUDGET);
+            site.parse_time_left = Some(HOLE_PROBE_BUDGET);
             site.strict = HOLE_PROBES.iter().any(|p| site.parses_cleanly(p));
-            site.deadline = None;
+            site.parse_time_left = None;
         }
         Some(site)
     }
 
-    /// Check parses stop (and count as failed) once `cancel` is set, and `total` after now.
+    /// Check parses stop (and count as failed) once `cancel` is set, and once together they
+    /// have taken `total`.
     pub fn bounded(mut self, cancel: CancelToken, total: Duration) -> Site {
         self.cancel = Some(cancel);
-        self.deadline = Some(Instant::now() + total);
+        self.parse_time_left = Some(total);
         self
     }
 
@@ -170,18 +173,21 @@ impl Site {
                 &[]
             }
         };
-        let mut deadline = Instant::now() + CHECK_PARSE_BUDGET;
-        if let Some(d) = self.deadline {
-            deadline = deadline.min(d);
-        }
-        parse_bounded(
+        let start = Instant::now();
+        let allowed = self
+            .parse_time_left
+            .map_or(CHECK_PARSE_BUDGET, |left| left.min(CHECK_PARSE_BUDGET));
+        let parsed = parse_bounded(
             &mut self.parser,
             &mut read,
             Some(&tree),
-            deadline,
+            start + allowed,
             self.cancel.as_ref(),
-        )
-        .ok()
+        );
+        if let Some(left) = self.parse_time_left.as_mut() {
+            *left = left.saturating_sub(start.elapsed());
+        }
+        parsed.ok()
     }
 
     /// Errors a candidate may not have: all of them on a strict site, else those of the

@@ -222,6 +222,16 @@ fn a_cancelled_check_fails_closed() {
 }
 
 #[test]
+fn the_verification_budget_counts_parse_time_not_the_time_between_checks() {
+    // The model's steps run between checks; a slow step must not use up the checks' budget.
+    let mut s = site(DOC).bounded(CancelToken::default(), Duration::from_millis(40));
+    assert!(s.new_errors("42").is_empty());
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(s.new_errors("42").is_empty());
+    assert!(!s.new_errors("42 }").is_empty());
+}
+
+#[test]
 fn selection_site_removes_the_span() {
     let text = "fn f() { let a = (1 + 2); }";
     let start = text.find("(1").unwrap();
