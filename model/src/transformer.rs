@@ -503,9 +503,56 @@ impl Transformer {
     fn attend_span(&self, q: &Tensor, ctx: &KvBlock, span: &KvBlock) -> Result<Tensor> {
         if ctx.k.dim(2)? == 0 {
             self.attend(q, &[span], Mask::Full)
+        } else if ctx.k.dim(0)? == 1 && q.dim(0)? > 1 {
+            self.attend_shared_context(q, ctx, span)
         } else {
             self.attend(q, &[ctx, span], Mask::Full)
         }
+    }
+
+    /// [`Self::attend`] over a context every candidate shares (batch 1) and each candidate's
+    /// own span, with the candidates folded into the rows of the context products: one
+    /// (B·G·Lq × hd)·(hd × Lk) product per KV head instead of B, and no broadcast copy of the
+    /// context's keys and values (at 3 candidates those were a fifth of a step). The score rows
+    /// are laid out (KVH, B, G·Lq, Lk + Ls) so the context's probabilities stay a strided view.
+    fn attend_shared_context(&self, q: &Tensor, ctx: &KvBlock, span: &KvBlock) -> Result<Tensor> {
+        let (b, h, lq, hd) = q.dims4()?;
+        let kvh = self.cfg.num_key_value_heads;
+        let rows = h / kvh * lq;
+        let (lk, ls) = (ctx.k.dim(2)?, span.k.dim(2)?);
+        let qg = q.reshape((b, kvh, rows, hd))?;
+        // (KVH, B·rows, hd): the candidates' queries of one KV head, one after the other.
+        let folded = qg
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kvh, b * rows, hd))?;
+        let ctx_k = ctx.k.squeeze(0)?;
+        let ctx_scores = folded
+            .matmul(&ctx_k.transpose(1, 2)?)?
+            .reshape((kvh, b, rows, lk))?;
+        // Contiguous before the cat, which copies strided inputs element by element.
+        let span_scores = qg
+            .matmul(&span.k.transpose(2, 3)?)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let probs = Tensor::cat(&[&ctx_scores, &span_scores], 3)?;
+        probs.inplace_op1(&MaskedSoftmax {
+            scale: 1.0 / (hd as f32).sqrt(),
+            queries: lq,
+            causal_base: None,
+        })?;
+        let probs = probs.reshape((kvh, b * rows, lk + ls))?;
+        let from_ctx = probs
+            .narrow(2, 0, lk)?
+            .matmul(&ctx.v.squeeze(0)?)?
+            .reshape((kvh, b, rows, hd))?;
+        let span_probs = probs
+            .narrow(2, lk, ls)?
+            .reshape((kvh, b, rows, ls))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let from_span = span_probs.matmul(&span.v)?;
+        Ok((from_ctx.transpose(0, 1)? + from_span)?.reshape((b, h, lq, hd))?)
     }
 
     /// Causal attention of queries (B, H, Lq, hd) that are the last Lq of `kv`'s keys. A long

@@ -158,6 +158,38 @@ fn parity_trainer_spm_block_f16_sharded() {
     assert_rows_match("trainer-spm", &got, &reference);
 }
 
+/// Candidates share the `spm_block` context: a batch of spans gives each span's logits alone.
+#[test]
+fn spm_block_candidates_in_one_batch_equal_each_alone() {
+    let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
+    let m = lm.transformer();
+    let fim = lm.tokenizer().special.fim.unwrap();
+    let mask = lm.tokenizer().special.mask;
+    let context = SpmBlock::context_tokens(
+        fim,
+        &lm.encode("fn add(a: u32, b: u32) -> u32 {\n    let sum = ")
+            .unwrap(),
+        &lm.encode(";\n    sum\n}\n").unwrap(),
+    );
+    let spm = SpmBlock::new(m, context, None).unwrap();
+    let spans = [
+        [mask, mask, 267, mask, mask, 0],
+        [301, mask, mask, mask, 12, mask],
+        [mask, 99, 267, 5, mask, mask],
+    ];
+    let logits = |ids: &[[u32; 6]]| -> Vec<f32> {
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (ids.len(), 6), &Device::Cpu).unwrap();
+        let out = spm.span_logits(m, &t, 0..6).unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let batch = logits(&spans);
+    let alone: Vec<f32> = spans.iter().flat_map(|s| logits(&[*s])).collect();
+    assert_eq!(batch.len(), alone.len());
+    let d = max_abs_diff(&batch, &alone);
+    assert!(d <= 1e-4, "max |Δlogits| = {d}");
+}
+
 /// Causal K/V of the leading tokens two contexts share are exact, so continuing the cached ones
 /// gives what a fresh pass gives, whichever part of the context changed.
 #[test]
