@@ -158,18 +158,25 @@ fn parity_trainer_spm_block_f16_sharded() {
     assert_rows_match("trainer-spm", &got, &reference);
 }
 
+/// The `spm_block` context tokens of a request with this prefix and suffix.
+fn spm_context(lm: &DiffusionLm, prefix: &str, suffix: &str) -> Vec<u32> {
+    SpmBlock::context_tokens(
+        lm.tokenizer().special.fim.unwrap(),
+        &lm.encode(prefix).unwrap(),
+        &lm.encode(suffix).unwrap(),
+    )
+}
+
 /// Candidates share the `spm_block` context: a batch of spans gives each span's logits alone.
 #[test]
 fn spm_block_candidates_in_one_batch_equal_each_alone() {
     let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
     let m = lm.transformer();
-    let fim = lm.tokenizer().special.fim.unwrap();
     let mask = lm.tokenizer().special.mask;
-    let context = SpmBlock::context_tokens(
-        fim,
-        &lm.encode("fn add(a: u32, b: u32) -> u32 {\n    let sum = ")
-            .unwrap(),
-        &lm.encode(";\n    sum\n}\n").unwrap(),
+    let context = spm_context(
+        &lm,
+        "fn add(a: u32, b: u32) -> u32 {\n    let sum = ",
+        ";\n    sum\n}\n",
     );
     let spm = SpmBlock::new(m, context, None).unwrap();
     let spans = [
@@ -196,15 +203,8 @@ fn spm_block_candidates_in_one_batch_equal_each_alone() {
 fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
     let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
     let m = lm.transformer();
-    let fim = lm.tokenizer().special.fim.unwrap();
     let mask = lm.tokenizer().special.mask;
-    let context = |prefix: &str, suffix: &str| {
-        SpmBlock::context_tokens(
-            fim,
-            &lm.encode(prefix).unwrap(),
-            &lm.encode(suffix).unwrap(),
-        )
-    };
+    let context = |prefix: &str, suffix: &str| spm_context(&lm, prefix, suffix);
     let prefix = "fn add(a: u32, b: u32) -> u32 {\n    let sum = a + b;\n    ";
     let suffix = "\n    sum\n}\n";
     let span_ids = [mask, mask, 267, mask, mask, 0];
