@@ -194,9 +194,9 @@ fn bench(c: &mut Criterion) {
 }
 
 /// A single-line completion as the server makes it, with the embedded default model (real
-/// weights, `spm_block` layout, `left-to-right-cache` and `left-to-right-reuse`, step budget
-/// 32): 736 tokens of this
-/// repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
+/// weights, `spm_block` layout, `left-to-right-cache` and `left-to-right-reuse` with one
+/// candidate, and the server's `left-to-right-reuse` with 3; step budget 32): 736 tokens of
+/// this repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
 /// the context's K/V; `two_keystrokes` types a space and deletes it again, two requests that
 /// reuse the document cache (it appends, then drops, the new token); `autoregressive` decodes
 /// the same number of tokens as the cold `left-to-right-cache` answer, one per pass, over the
@@ -204,20 +204,22 @@ fn bench(c: &mut Criterion) {
 fn shipped(c: &mut Criterion) {
     model::pin_thread_count();
     let lm = DiffusionLm::load_default().unwrap();
-    let text = include_str!("../model/src/sampler.rs");
+    // A fixed text (the sampler's source at stop 16), so that runs compare across sessions.
+    let text = include_str!("fixtures/sampler-stop16.rs.txt");
     let cut = text[..text.len() * 3 / 4].rfind("\n").unwrap() + 1;
     let cut = cut + text[cut..].len() - text[cut..].trim_start().len();
     let before = lm.encode(&text[..cut]).unwrap();
     let after = lm.encode(&text[cut..]).unwrap();
     let prefix = before[before.len().saturating_sub(736)..].to_vec();
     let suffix = after[..after.len().min(256)].to_vec();
-    let request = |prefix: Vec<u32>, policy: &DecodingPolicy| InfillRequest {
+    let request = |prefix: Vec<u32>, policy: &DecodingPolicy, candidates: usize| InfillRequest {
         prefix,
         suffix: suffix.clone(),
         span_len: 24,
         params: SamplerParams {
             steps: 32,
             policy: policy.clone(),
+            candidates,
             ..Default::default()
         },
         healing: None,
@@ -226,12 +228,15 @@ fn shipped(c: &mut Criterion) {
     let mut g = c.benchmark_group("shipped_line_infill");
     g.sample_size(10);
     let mut tokens = 0;
-    // The shipped policy, and the one that reuses the span's rows between steps.
-    for policy in [
-        DecodingPolicy::LEFT_TO_RIGHT_CACHE,
-        DecodingPolicy::LEFT_TO_RIGHT_REUSE,
+    // Without and with reusing the span's rows between steps, one candidate; then what the
+    // server runs (the reusing policy, 3 candidates).
+    for (policy, candidates) in [
+        (DecodingPolicy::LEFT_TO_RIGHT_CACHE, 1),
+        (DecodingPolicy::LEFT_TO_RIGHT_REUSE, 1),
+        (DecodingPolicy::LEFT_TO_RIGHT_REUSE, 3),
     ] {
-        let cold = request(prefix.clone(), &policy);
+        let name = format!("{}/x{candidates}", policy.name);
+        let cold = request(prefix.clone(), &policy, candidates);
         // The first answer also primes the cache the keystroke bench reuses.
         let mut cache = ContextCache::default();
         let answer = lm
@@ -242,22 +247,21 @@ fn shipped(c: &mut Criterion) {
             tokens = answer_tokens;
         }
         eprintln!(
-            "shipped line infill, {}: {} steps, {} span rows, {} tokens: {:?}",
-            policy.name,
+            "shipped line infill, {name}: {} steps, {} span rows, {} tokens: {:?}",
             answer.stats.steps,
             answer.stats.span_rows_run,
             answer_tokens,
             lm.decode(&answer.completions[0].tokens).unwrap()
         );
-        g.bench_function(BenchmarkId::new("cold", policy.name), |bch| {
+        g.bench_function(BenchmarkId::new("cold", &name), |bch| {
             bch.iter(|| {
                 lm.infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
                     .unwrap()
             })
         });
         // Two keystrokes an iteration: type a space, then delete it again.
-        let typed = request(typed_prefix.clone(), &policy);
-        g.bench_function(BenchmarkId::new("two_keystrokes", policy.name), |bch| {
+        let typed = request(typed_prefix.clone(), &policy, candidates);
+        g.bench_function(BenchmarkId::new("two_keystrokes", &name), |bch| {
             bch.iter(|| {
                 lm.infill_with_cache(&typed, &mut NoHook, &mut cache)
                     .unwrap();
