@@ -435,7 +435,8 @@ impl Transformer {
         Ok((q, KvBlock { k, v }))
     }
 
-    /// Attention of queries (B, H, Lq, hd) over the keys/values of several blocks, in order.
+    /// Attention of queries (B, H, Lq, hd) over the keys/values of several blocks, in order,
+    /// each of batch B (a context the candidates share: [`Self::attend_shared_context`]).
     /// Grouped-query attention without copying keys: the query heads that share a KV head are
     /// folded into the row dimension. Scale, mask and softmax are one in-place kernel.
     fn attend(&self, q: &Tensor, blocks: &[&KvBlock], mask: Mask) -> Result<Tensor> {
@@ -446,12 +447,7 @@ impl Transformer {
         let mut scale = 1.0 / (hd as f32).sqrt();
         let mut scores = Vec::with_capacity(blocks.len());
         for kv in blocks {
-            let kt = kv.k.transpose(2, 3)?;
-            scores.push(if kv.k.dim(0)? == b {
-                qg.matmul(&kt)?
-            } else {
-                qg.broadcast_matmul(&kt)?
-            });
+            scores.push(qg.matmul(&kv.k.transpose(2, 3)?)?);
         }
         let mut scores = if scores.len() == 1 {
             scores.pop().expect("one score block")
@@ -484,11 +480,7 @@ impl Transformer {
             // A view: the matmul reads rows of any stride.
             let p = probs.narrow(3, offset, lk)?;
             offset += lk;
-            let o = if kv.v.dim(0)? == b {
-                p.matmul(&kv.v)?
-            } else {
-                p.broadcast_matmul(&kv.v)?
-            };
+            let o = p.matmul(&kv.v)?;
             out = Some(match out {
                 Some(acc) => (acc + o)?,
                 None => o,
