@@ -349,11 +349,10 @@ fn nucleus(probs: &[f32], top_p: f32) -> Vec<usize> {
             std::cmp::Ordering::Less => {}
         }
     }
+    // Never empty for a non-empty row: the edge exponent holds mass (or, at exponent 0, every
+    // token is inside or at the edge), and a non-empty edge gives at least one token.
     let k = most_probable_reaching(&mut at_edge, probs, top_p - above);
     inside.extend_from_slice(&at_edge[..k]);
-    if inside.is_empty() {
-        inside.push(argmax(probs));
-    }
     inside
 }
 
