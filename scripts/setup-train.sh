@@ -8,6 +8,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV" >&2
 fi
 if ! "$VENV/bin/python" -c "import torch, tokenizers, safetensors, numpy, tqdm, matplotlib, pytest" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r train/requirements.txt >&2
+  # PyPI's torch brings ~5.5 GB of CUDA runtime wheels; a pip cache would hold a second copy of
+  # them, and a CI run once failed with ENOSPC mid-install. Say so before pip does, unclearly.
+  free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 { print $4 }')
+  if (( free_kb < 8 * 1024 * 1024 )); then
+    echo "setup-train.sh: $((free_kb / 1024)) MiB free beside $VENV; the trainer's packages need ~6 GiB" >&2
+  fi
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-cache-dir -q \
+    -r train/requirements.txt >&2
 fi
 echo "$VENV/bin/python"
