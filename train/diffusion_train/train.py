@@ -224,6 +224,10 @@ def main(argv=None):
 
     target = int(args.tokens) if args.tokens else recipe.total
     step_tokens = args.batch * args.seq_len * world
+    if init is not None:
+        # Batch s is drawn from (seed, s): a run started from exported weights at step 0 would
+        # replay the batches their own run began with. Go on where those tokens leave off.
+        state["step"] = state["warm_from"] = state["tokens"] // step_tokens
     if main_rank:
         (out / "args.json").write_text(json.dumps({**vars(args), "world": world}, indent=1))
         print(f"{recipe.name}: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.hidden_size}x{cfg.num_hidden_layers}, "

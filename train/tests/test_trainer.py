@@ -222,6 +222,19 @@ def test_resumed_run_equals_uninterrupted_run(corpus_files, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
 
 
+def test_a_run_from_exported_weights_goes_on_with_the_data_stream(corpus_files, tmp_path):
+    # Batches are a function of (seed, step): a start from an export must not replay step 0's.
+    step_tokens = 96 * 4
+    train_main(run_args(corpus_files, tmp_path / "a", "--tokens", str(6 * step_tokens),
+                        "--export", str(tmp_path / "a-export")))
+    train_main(run_args(corpus_files, tmp_path / "b", "--tokens", str(9 * step_tokens),
+                        "--init-from", str(tmp_path / "a-export")))
+    b = torch.load(tmp_path / "b/ckpt.pt", weights_only=False)
+    assert b["state"]["step"] == 9 and b["state"]["warm_from"] == 6
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "b/log.jsonl")]
+    assert min(steps) > 6
+
+
 def test_export_is_the_folder_the_engine_loads(tmp_path):
     torch.manual_seed(1)
     m = DiffusionLM(tiny_cfg())
