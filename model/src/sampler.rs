@@ -105,7 +105,8 @@ pub enum Verdict {
     Remask(Vec<usize>),
     /// End the candidate before this span position: only the positions before it are kept
     /// (at least one). What a hook says of a final candidate whose full text it cannot accept
-    /// but whose beginning it can.
+    /// but whose beginning it can, or of a candidate whose later positions can no longer
+    /// change what is inserted (a line span past its line break).
     Truncate(usize),
     /// Drop the candidate.
     Reject,

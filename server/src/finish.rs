@@ -72,6 +72,31 @@ impl Finish {
         n - overlap_to_trim(&text[..n], &self.suffix_head)
     }
 
+    /// Byte offset in `text` from which nothing more the model writes can be kept: the first
+    /// line break of a single-line span, or the start of a whole line (its line break written)
+    /// that repeats the suffix. A candidate whose leading run of committed tokens reaches it is
+    /// finished, whatever its later positions would hold.
+    pub fn settled_at(&self, text: &str) -> Option<usize> {
+        let line_break = self
+            .single_line
+            .then(|| text.find(['\n', '\r']))
+            .flatten();
+        let repeat = self.next_line.as_ref().and_then(|next| {
+            let mut line_start = 0;
+            for line in text.split_inclusive('\n') {
+                if line.ends_with('\n') && line.trim() == next.as_str() {
+                    return Some(line_start);
+                }
+                line_start += line.len();
+            }
+            None
+        });
+        match (line_break, repeat) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The insertion for `text`, or `None` when nothing but whitespace remains.
     pub fn apply(&self, text: &str) -> Option<String> {
         let kept = &text[..self.keep_len(text)];
@@ -188,5 +213,23 @@ mod tests {
             Some("let r = run();")
         );
         assert_eq!(f.apply("r.assert_no_errors();"), None);
+    }
+
+    #[test]
+    fn settles_at_a_line_break_or_a_whole_line_repeating_the_suffix() {
+        let line = finish(")\n}\n", true);
+        assert_eq!(line.settled_at("foo(x"), None);
+        assert_eq!(line.settled_at("foo(x);\n    bar"), Some(7));
+        let block = finish("\n    r.assert_no_errors();\n}\n", false);
+        assert_eq!(block.settled_at("let r = run();\n"), None);
+        // Not yet a whole line: it may still become `r.assert_no_errors_in(x);`.
+        assert_eq!(
+            block.settled_at("let r = run();\n    r.assert_no_errors();"),
+            None
+        );
+        assert_eq!(
+            block.settled_at("let r = run();\n    r.assert_no_errors();\n}"),
+            Some(15)
+        );
     }
 }

@@ -257,6 +257,8 @@ pub struct VerifyStats {
     pub rejected: usize,
     /// Final candidates cut to their longest beginning that adds no error.
     pub truncated: usize,
+    /// Candidates finished where their kept text ended, before their span did.
+    pub settled: usize,
     pub verify_ms: f64,
 }
 
@@ -322,25 +324,52 @@ impl<'a> Verifier<'a> {
         }
     }
 
+    /// The span position a candidate ends before once the finisher's hard cut (see
+    /// [`Finish::settled_at`]) lies in its leading run of committed tokens: the positions after
+    /// the token that holds the cut can no longer change what is inserted, so decoding them
+    /// (a line span's next lines) is wasted steps.
+    fn settled_end(&self, view: &StepView<'_>) -> Option<usize> {
+        let cut = self.finish.settled_at(view.text)?;
+        let limit = view.end.unwrap_or(view.tokens.len()).min(view.tokens.len());
+        for j in 0..limit {
+            view.tokens[j]?;
+            if view.token_ranges[j].end > cut {
+                return Some(j + 1);
+            }
+        }
+        None
+    }
+
     fn judge(&mut self, view: &StepView<'_>) -> Verdict {
+        let settled = self.settled_end(view);
+        // A clean candidate that is settled is finished there.
+        let clean = |stats: &mut VerifyStats| match settled {
+            Some(at) => {
+                stats.settled += 1;
+                Verdict::Truncate(at)
+            }
+            None => Verdict::Keep,
+        };
         let Some(site) = self.site.as_deref_mut() else {
-            return Verdict::Keep;
+            return clean(&mut self.stats);
         };
         let keep = self.finish.keep_len(view.text);
         let visible = &view.text[..keep];
         let state = self.candidates.entry(view.candidate).or_default();
         if state.last_clean_text.as_deref() == Some(visible) {
             self.stats.unchanged += 1;
-            return Verdict::Keep;
+            return clean(&mut self.stats);
         }
         self.stats.checks += 1;
         let errors = site.new_errors(visible);
         if errors.is_empty() {
             state.last_clean_text = Some(visible.to_string());
-            return Verdict::Keep;
+            return clean(&mut self.stats);
         }
         state.last_clean_text = None;
+        let is_final = view.is_final || settled.is_some();
         let limit = view.end.unwrap_or(view.tokens.len()).min(view.tokens.len());
+        let limit = settled.map_or(limit, |at| at.min(limit));
         // Committed positions whose text is (at least partly) inserted.
         let visible_pos = |i: usize| view.tokens[i].is_some() && view.token_ranges[i].start < keep;
         let overlaps = |i: usize, e: &Range<isize>| {
@@ -353,7 +382,7 @@ impl<'a> Verifier<'a> {
             }
         };
         let mut remask = BTreeSet::new();
-        if !view.is_final {
+        if !is_final {
             let holes = hole_offsets(view, limit);
             let masked = |i: usize| i < limit && view.tokens[i].is_none();
             for e in &errors {

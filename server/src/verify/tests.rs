@@ -241,3 +241,33 @@ fn selection_site_removes_the_span() {
     assert!(s.new_errors("3").is_empty());
     assert!(!s.new_errors("(3").is_empty());
 }
+
+/// A line span's candidate whose committed leading run holds the line break is finished there:
+/// what its later positions would hold is cut by the finisher anyway.
+#[test]
+fn a_line_span_is_settled_at_its_line_break() {
+    let doc = "fn main() {\n    $0\n    g();\n}\n";
+    let finish = Finish {
+        single_line: true,
+        ..Finish::default()
+    };
+    let judge = |parts: &[Option<&str>]| {
+        let mut s = site(doc);
+        let mut v = Verifier::new(Some(&mut s), &finish, CancelToken::default());
+        let f = fake(parts);
+        let verdict = v.after_step(&view(&f, false));
+        (verdict, v.stats.settled)
+    };
+    let line = [Some("f"), Some("();"), Some("\n    "), None, Some("x")];
+    assert_eq!(judge(&line), (Verdict::Truncate(3), 1));
+    // A masked position before the line break: the line may still change.
+    let open = [Some("f"), None, Some("\n    "), None];
+    assert_eq!(judge(&open), (Verdict::Keep, 0));
+    // Settled, but the kept line breaks the file: remasked like a final candidate, not kept.
+    let broken = [Some("f"), Some("(;"), Some("\n"), None];
+    assert!(matches!(judge(&broken).0, Verdict::Remask(p) if p.contains(&1)));
+    // Without verification the settled candidate is finished all the same.
+    let f = fake(&line);
+    let mut v = Verifier::new(None, &finish, CancelToken::default());
+    assert_eq!(v.after_step(&view(&f, false)), Verdict::Truncate(3));
+}
