@@ -148,7 +148,10 @@ pub fn plan(
     } else {
         1
     };
-    let finish = Finish::new(rope, &replace, kind == SpanKind::Line);
+    let mut finish = Finish::new(rope, &replace, kind == SpanKind::Line);
+    if kind == SpanKind::Block {
+        finish = finish.inside_block(rope, replace.start);
+    }
     Ok(Plan {
         kind,
         replace,

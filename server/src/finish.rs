@@ -24,6 +24,10 @@ pub struct Finish {
     /// First line after the replaced range with more than closing characters, trimmed: a
     /// completion that reaches a copy of it has started repeating the suffix.
     pub next_line: Option<String>,
+    /// A block span: the indentation of the line that opens the block. A later line of the
+    /// completion indented no deeper has left the block (the model closed it and went on), and
+    /// is cut with all that follows it.
+    pub block_indent: Option<usize>,
 }
 
 const SUFFIX_HEAD_BYTES: usize = 256;
@@ -48,7 +52,40 @@ impl Finish {
             single_line,
             suffix_head: head,
             next_line,
+            block_indent: None,
         }
+    }
+
+    /// The same, for a span that fills the block opened by the last `{` before it.
+    pub fn inside_block(mut self, rope: &Rope, at: usize) -> Finish {
+        let before = rope.byte_slice(..at);
+        let chars = before.len_chars();
+        let opener = (0..chars)
+            .rev()
+            .map(|i| (i, before.char(i)))
+            .find(|(_, c)| !c.is_whitespace());
+        if let Some((i, '{')) = opener {
+            let line = rope.line(rope.char_to_line(i));
+            self.block_indent = Some(line.chars().take_while(|c| matches!(c, ' ' | '\t')).count());
+        }
+        self
+    }
+
+    /// Where `text` leaves the block it fills (see [`Finish::block_indent`]): the byte offsets
+    /// of the start and of the first non-blank character of the first line after its first
+    /// that is indented no deeper than the block's opening line.
+    fn block_exit(&self, text: &str) -> Option<(usize, usize)> {
+        let indent = self.block_indent?;
+        let mut line_start = 0;
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            let content = line.trim_start_matches([' ', '\t']);
+            let ws = line.len() - content.len();
+            if i > 0 && !content.trim().is_empty() && ws <= indent {
+                return Some((line_start, line_start + ws));
+            }
+            line_start += line.len();
+        }
+        None
     }
 
     /// Length of the prefix of `text` that is kept: cut at a line break (single-line spans), cut
@@ -69,12 +106,24 @@ impl Finish {
                 line_start += line.len();
             }
         }
+        if let Some((line_start, content_start)) = self.block_exit(&text[..n]) {
+            // Where the suffix starts a line break of its own, the completion ends with its last
+            // line; before a closer on the same line, it keeps the line break and indentation
+            // that put the closer in its place.
+            let rest = self.suffix_head.trim_start_matches([' ', '\t']);
+            let suffix_breaks = rest.is_empty() || rest.starts_with(['\n', '\r']);
+            n = if suffix_breaks {
+                text[..line_start].trim_end().len()
+            } else {
+                content_start
+            };
+        }
         n - overlap_to_trim(&text[..n], &self.suffix_head)
     }
 
     /// Byte offset in `text` from which nothing more the model writes can be kept: the first
-    /// line break of a single-line span, or the start of a whole line (its line break written)
-    /// that repeats the suffix. A candidate whose leading run of committed tokens reaches it is
+    /// line break of a single-line span, the start of a whole line (its line break written)
+    /// that repeats the suffix, or the first character of a line that has left the block. A candidate whose leading run of committed tokens reaches it is
     /// finished, whatever its later positions would hold.
     pub fn settled_at(&self, text: &str) -> Option<usize> {
         let line_break = self
@@ -91,10 +140,8 @@ impl Finish {
             }
             None
         });
-        match (line_break, repeat) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let exit = self.block_exit(text).map(|(_, content_start)| content_start);
+        [line_break, repeat, exit].into_iter().flatten().min()
     }
 
     /// The insertion for `text`, or `None` when nothing but whitespace remains.
@@ -213,6 +260,38 @@ mod tests {
             Some("let r = run();")
         );
         assert_eq!(f.apply("r.assert_no_errors();"), None);
+    }
+
+    #[test]
+    fn a_block_span_ends_where_a_line_leaves_the_block() {
+        // The cursor on the empty line of `if x {` (indent 8); the suffix has its own break.
+        let src = "fn f() {\n        if x {\n            \n        }\n}\n";
+        let at = src.find("            \n").unwrap() + 12;
+        let rope = Rope::from_str(src);
+        let f = Finish::new(&rope, &(at..at), false).inside_block(&rope, at);
+        assert_eq!(f.block_indent, Some(8));
+        let ran_on = "return true;\n        }\n    }\n    g();";
+        assert_eq!(f.apply(ran_on).as_deref(), Some("return true;"));
+        assert_eq!(f.settled_at(ran_on), Some(21));
+        assert_eq!(f.settled_at("return true;\n        "), None);
+        // Deeper lines and blank lines are the block's.
+        let nested = "let a = 1;\n\n            if a {\n                b();\n            }";
+        assert_eq!(f.apply(nested).as_deref(), Some(nested));
+        assert_eq!(f.settled_at(nested), None);
+        // Before a closer on the cursor's line, the line break and indentation that put the
+        // closer in its place stay.
+        let src = "fn f() {\n    if x {}\n}\n";
+        let at = src.find("{}").unwrap() + 1;
+        let rope = Rope::from_str(src);
+        let f = Finish::new(&rope, &(at..at), false).inside_block(&rope, at);
+        assert_eq!(f.block_indent, Some(4));
+        assert_eq!(
+            f.apply("\n        y();\n    }\n    z();").as_deref(),
+            Some("\n        y();\n    ")
+        );
+        // Not a block span: nothing is cut.
+        let f = Finish::new(&rope, &(at..at), false);
+        assert_eq!(f.settled_at("\n        y();\n    }\n    z();"), None);
     }
 
     #[test]
