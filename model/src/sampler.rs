@@ -549,6 +549,7 @@ pub fn infill_cached(
     let first_allowed = healed
         .map(|h| healing_allowed(tok, h, cfg.vocab_size))
         .transpose()?;
+    let never = tok.never_in_span();
 
     for step in 0..max_steps {
         if hook.cancelled() {
@@ -593,6 +594,13 @@ pub fn infill_cached(
         };
         let logits = layout.step(model, step, &run, &spans, window.clone(), &mut stats)?;
         let mut logits: Vec<Vec<Vec<f32>>> = logits.to_vec3()?;
+        for row in logits.iter_mut().flatten() {
+            for &id in &never {
+                if let Some(x) = row.get_mut(id as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
         if let (Some(allowed), 0) = (&first_allowed, window.start) {
             for rows in &mut logits {
                 for (x, &ok) in rows[0].iter_mut().zip(allowed) {

@@ -173,6 +173,21 @@ impl Tokenizer {
             || self.added_special.binary_search(&id).is_ok()
     }
 
+    /// The special tokens a span may never hold: all but the end of infill (a sentinel in a
+    /// completion would be inserted as its text, `<|fim_prefix|>`).
+    pub fn never_in_span(&self) -> Vec<u32> {
+        let s = self.special;
+        let mut ids: Vec<u32> = [s.mask]
+            .into_iter()
+            .chain(s.fim.into_iter().flat_map(|f| [f.prefix, f.suffix]))
+            .chain(self.added_special.iter().copied())
+            .filter(|&id| id != s.end)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -265,8 +265,16 @@ fn context_cache_reuses_keys_across_requests() {
 /// The fixture with the end token's output row scaled up, so that end is the confident guess
 /// at many span positions: the situation in which a weak model's completions collapse.
 fn end_heavy_lm() -> DiffusionLm {
+    lm_favouring(lm().tokenizer().special.end)
+}
+
+/// The fixture with `token`'s output row scaled up 40x: its confident guess at many positions.
+fn lm_favouring(token: u32) -> DiffusionLm {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-gqa-untied");
-    let dir = std::env::temp_dir().join(format!("diffusion-end-heavy-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "diffusion-favouring-{token}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
@@ -274,10 +282,9 @@ fn end_heavy_lm() -> DiffusionLm {
     let dev = candle_core::Device::Cpu;
     let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
     let head = &tensors["lm_head.weight"];
-    let end = lm().tokenizer().special.end as usize;
     let (vocab, _) = head.dims2().unwrap();
     let scale: Vec<f32> = (0..vocab)
-        .map(|i| if i == end { 40.0 } else { 1.0 })
+        .map(|i| if i == token as usize { 40.0 } else { 1.0 })
         .collect();
     let scale = candle_core::Tensor::from_vec(scale, (vocab, 1), &dev).unwrap();
     let scaled = head
@@ -671,4 +678,21 @@ fn reusing_span_rows_runs_fewer_rows_over_the_same_steps() {
         reused.stats.span_rows_run,
         exact.stats.span_rows_run
     );
+}
+
+#[test]
+fn special_tokens_other_than_the_end_are_never_proposed() {
+    let mask = lm().tokenizer().special.mask;
+    let lm = lm_favouring(mask);
+    assert_eq!(lm.tokenizer().never_in_span(), vec![mask]);
+    let params = SamplerParams {
+        steps: 4,
+        candidates: 3,
+        ..Default::default()
+    };
+    let out = lm.infill(&request(&lm, 12, params), &mut NoHook).unwrap();
+    assert!(!out.completions.is_empty());
+    for c in &out.completions {
+        assert!(!c.tokens.contains(&mask), "{:?}", c.text);
+    }
 }
