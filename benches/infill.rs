@@ -15,7 +15,7 @@ use model::internals::{
 };
 use model::{
     infill, Config, ContextCache, DecodingPolicy, DiffusionLm, InfillRequest, NoHook,
-    SamplerParams, Tokenizer,
+    SamplerParams, StepHook, StepView, Tokenizer, Verdict,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -193,20 +193,91 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// A single-line completion as the server makes it, with the embedded default model (real
-/// weights, `spm_block` layout, `left-to-right-cache` and `left-to-right-reuse` with one
-/// candidate, and the server's `left-to-right-reuse` with 3; step budget 32): 736 tokens of
-/// this repository's own code before the cursor, 256 after, a 24-token line span. `cold` builds
-/// the context's K/V; `two_keystrokes` types a space and deletes it again, two requests that
-/// reuse the document cache (it appends, then drops, the new token); `autoregressive` decodes
-/// the same number of tokens as the cold `left-to-right-cache` answer, one per pass, over the
+/// What the server's verifier does to a line span besides checking it (`settled_end` in
+/// server/src/verify): once the leading committed run holds a line break, the candidate ends
+/// after that token, since the finisher cuts the rest.
+struct LineEnd;
+
+impl StepHook for LineEnd {
+    fn after_step(&mut self, view: &StepView<'_>) -> Verdict {
+        let Some(cut) = view.text.find('\n') else {
+            return Verdict::Keep;
+        };
+        for (j, t) in view.tokens.iter().enumerate() {
+            if t.is_none() {
+                break;
+            }
+            if view.token_ranges[j].end > cut {
+                return Verdict::Truncate(j + 1);
+            }
+        }
+        Verdict::Keep
+    }
+}
+
+/// One way of decoding a line in the shipped benches: a policy, its candidates, and whether a
+/// candidate ends at its line break ([`LineEnd`]) or fills the span.
+type LineRow = (DecodingPolicy, usize, bool);
+
+/// Single-line completions as the server makes them, with the embedded default model (real
+/// weights, `spm_block` layout, step budget 32), at two cursors of a fixed text (the sampler's
+/// source at stop 16, so that runs compare across sessions): up to 736 tokens before the cursor,
+/// 256 after, a 24-token line span.
+///
+/// `shipped_line_infill` (the cursor at 3/4 of the text, a line the model fills to the span's
+/// end): `left-to-right-cache` and `left-to-right-reuse` with one candidate, and the server's
+/// `left-to-right-reuse` with 3. `shipped_short_line` (the cursor at 1/2, a short line):
+/// `left-to-right-reuse` with one candidate filling the span, then with 1 and 3 candidates
+/// ending at the line break as the server does. `cold` builds the context's K/V;
+/// `two_keystrokes` types a space and deletes it again, two requests that reuse the document
+/// cache (it appends, then drops, the new token); `autoregressive` decodes as many tokens as
+/// the first row's answer (the second's in the short line: its line), one per pass, over the
 /// same causal context.
 fn shipped(c: &mut Criterion) {
     model::pin_thread_count();
     let lm = DiffusionLm::load_default().unwrap();
-    // A fixed text (the sampler's source at stop 16), so that runs compare across sessions.
     let text = include_str!("fixtures/sampler-stop16.rs.txt");
-    let cut = text[..text.len() * 3 / 4].rfind("\n").unwrap() + 1;
+    let reuse = DecodingPolicy::LEFT_TO_RIGHT_REUSE;
+    line_group(
+        c,
+        &lm,
+        "shipped_line_infill",
+        &text[..text.len() * 3 / 4],
+        text,
+        &[
+            (DecodingPolicy::LEFT_TO_RIGHT_CACHE, 1, false),
+            (reuse.clone(), 1, false),
+            (reuse.clone(), 3, false),
+        ],
+        0,
+    );
+    line_group(
+        c,
+        &lm,
+        "shipped_short_line",
+        &text[..text.len() / 2],
+        text,
+        &[
+            (reuse.clone(), 1, false),
+            (reuse.clone(), 1, true),
+            (reuse, 3, true),
+        ],
+        1,
+    );
+}
+
+/// The cursor after the indentation of the first line that starts after `before`; the
+/// autoregressive row decodes as many tokens as row `ar_like`'s answer.
+fn line_group(
+    c: &mut Criterion,
+    lm: &DiffusionLm,
+    name: &str,
+    before: &str,
+    text: &str,
+    rows: &[LineRow],
+    ar_like: usize,
+) {
+    let cut = before.rfind("\n").unwrap() + 1;
     let cut = cut + text[cut..].len() - text[cut..].trim_start().len();
     let before = lm.encode(&text[..cut]).unwrap();
     let after = lm.encode(&text[cut..]).unwrap();
@@ -224,48 +295,53 @@ fn shipped(c: &mut Criterion) {
         },
         healing: None,
     };
+    let hook = |line_end: bool| -> Box<dyn StepHook> {
+        if line_end {
+            Box::new(LineEnd)
+        } else {
+            Box::new(NoHook)
+        }
+    };
     let typed_prefix = [prefix.as_slice(), &lm.encode(" ").unwrap()].concat();
-    let mut g = c.benchmark_group("shipped_line_infill");
+    let mut g = c.benchmark_group(name);
     g.sample_size(10);
     let mut tokens = 0;
-    // Without and with reusing the span's rows between steps, one candidate; then what the
-    // server runs (the reusing policy, 3 candidates).
-    for (policy, candidates) in [
-        (DecodingPolicy::LEFT_TO_RIGHT_CACHE, 1),
-        (DecodingPolicy::LEFT_TO_RIGHT_REUSE, 1),
-        (DecodingPolicy::LEFT_TO_RIGHT_REUSE, 3),
-    ] {
-        let name = format!("{}/x{candidates}", policy.name);
-        let cold = request(prefix.clone(), &policy, candidates);
+    for (i, (policy, candidates, line_end)) in rows.iter().enumerate() {
+        let (candidates, line_end) = (*candidates, *line_end);
+        let row = format!(
+            "{}/x{candidates}{}",
+            policy.name,
+            if line_end { "/line-end" } else { "" }
+        );
+        let cold = request(prefix.clone(), policy, candidates);
         // The first answer also primes the cache the keystroke bench reuses.
         let mut cache = ContextCache::default();
         let answer = lm
-            .infill_with_cache(&cold, &mut NoHook, &mut cache)
+            .infill_with_cache(&cold, hook(line_end).as_mut(), &mut cache)
             .unwrap();
-        let answer_tokens = answer.completions[0].tokens.len().max(1);
-        if tokens == 0 {
-            tokens = answer_tokens;
+        if i == ar_like {
+            tokens = answer.completions[0].tokens.len().max(1);
         }
         eprintln!(
-            "shipped line infill, {name}: {} steps, {} span rows, {} tokens: {:?}",
+            "{name}, {row}: {} steps, {} span rows, {} tokens: {:?}",
             answer.stats.steps,
             answer.stats.span_rows_run,
-            answer_tokens,
+            answer.completions[0].tokens.len(),
             lm.decode(&answer.completions[0].tokens).unwrap()
         );
-        g.bench_function(BenchmarkId::new("cold", &name), |bch| {
+        g.bench_function(BenchmarkId::new("cold", &row), |bch| {
             bch.iter(|| {
-                lm.infill_with_cache(&cold, &mut NoHook, &mut ContextCache::default())
+                lm.infill_with_cache(&cold, hook(line_end).as_mut(), &mut ContextCache::default())
                     .unwrap()
             })
         });
         // Two keystrokes an iteration: type a space, then delete it again.
-        let typed = request(typed_prefix.clone(), &policy, candidates);
-        g.bench_function(BenchmarkId::new("two_keystrokes", &name), |bch| {
+        let typed = request(typed_prefix.clone(), policy, candidates);
+        g.bench_function(BenchmarkId::new("two_keystrokes", &row), |bch| {
             bch.iter(|| {
-                lm.infill_with_cache(&typed, &mut NoHook, &mut cache)
+                lm.infill_with_cache(&typed, hook(line_end).as_mut(), &mut cache)
                     .unwrap();
-                lm.infill_with_cache(&cold, &mut NoHook, &mut cache)
+                lm.infill_with_cache(&cold, hook(line_end).as_mut(), &mut cache)
                     .unwrap()
             })
         });

@@ -123,13 +123,11 @@ impl Finish {
 
     /// Byte offset in `text` from which nothing more the model writes can be kept: the first
     /// line break of a single-line span, the start of a whole line (its line break written)
-    /// that repeats the suffix, or the first character of a line that has left the block. A candidate whose leading run of committed tokens reaches it is
-    /// finished, whatever its later positions would hold.
+    /// that repeats the suffix, or the first character of a line that has left the block. A
+    /// candidate whose leading run of committed tokens reaches it is finished, whatever its
+    /// later positions would hold.
     pub fn settled_at(&self, text: &str) -> Option<usize> {
-        let line_break = self
-            .single_line
-            .then(|| text.find(['\n', '\r']))
-            .flatten();
+        let line_break = self.single_line.then(|| text.find(['\n', '\r'])).flatten();
         let repeat = self.next_line.as_ref().and_then(|next| {
             let mut line_start = 0;
             for line in text.split_inclusive('\n') {
@@ -140,7 +138,9 @@ impl Finish {
             }
             None
         });
-        let exit = self.block_exit(text).map(|(_, content_start)| content_start);
+        let exit = self
+            .block_exit(text)
+            .map(|(_, content_start)| content_start);
         [line_break, repeat, exit].into_iter().flatten().min()
     }
 
