@@ -75,6 +75,11 @@ pub struct DecodingPolicy {
     /// lookahead; the other rows keep the keys/values of the step that last ran them
     /// (Fast-dLLM's approximate cache; `spm_block` layout). Exact when false.
     pub reuse_span_kv: bool,
+    /// A position the hook remasks before the candidate is final reopens every committed
+    /// position after it too. Left to right they were predicted from it: remasking the blamed
+    /// token alone left a hole that the model filled to fit both sides (`match cmp.patch {` +
+    /// `return ver.patch != p`, the `{` remasked, became `match cmp.patch !=.patch != p`).
+    pub reopen_after_remask: bool,
 }
 
 impl DecodingPolicy {
@@ -89,6 +94,7 @@ impl DecodingPolicy {
         lookahead: None,
         pace: Pace::Even,
         reuse_span_kv: false,
+        reopen_after_remask: false,
     };
     /// As `parallel`, plus every position at least 0.9 confident (Fast-dLLM's rule).
     pub const PARALLEL_THRESHOLD: DecodingPolicy = DecodingPolicy {
@@ -113,6 +119,7 @@ impl DecodingPolicy {
         lookahead: None,
         pace: Pace::Even,
         reuse_span_kv: false,
+        reopen_after_remask: false,
     };
     /// Left to right, and a step commits the leading positions while they are at least 0.9
     /// confident: fewer steps where the model is sure. A step looks 8 positions ahead, so it
@@ -142,7 +149,15 @@ impl DecodingPolicy {
         ..Self::LEFT_TO_RIGHT_CACHE
     };
 
-    pub const ALL: [DecodingPolicy; 7] = [
+    /// `left-to-right-reuse` that backs up on a remask: the positions after a remasked one are
+    /// decoded again from it.
+    pub const LEFT_TO_RIGHT_BACKTRACK: DecodingPolicy = DecodingPolicy {
+        name: "left-to-right-backtrack",
+        reopen_after_remask: true,
+        ..Self::LEFT_TO_RIGHT_REUSE
+    };
+
+    pub const ALL: [DecodingPolicy; 8] = [
         Self::PARALLEL,
         Self::PARALLEL_THRESHOLD,
         Self::FREE_ENDS,
@@ -150,6 +165,7 @@ impl DecodingPolicy {
         Self::LEFT_TO_RIGHT_THRESHOLD,
         Self::LEFT_TO_RIGHT_CACHE,
         Self::LEFT_TO_RIGHT_REUSE,
+        Self::LEFT_TO_RIGHT_BACKTRACK,
     ];
 
     pub fn named(name: &str) -> Option<DecodingPolicy> {

@@ -248,18 +248,11 @@ fn propose(
     top_p: f32,
     rng: &mut StdRng,
 ) -> (u32, f32, f32) {
-    let without_banned = |mut p: Vec<f32>| {
-        let kept = 1.0 - banned.iter().map(|&b| p[b as usize]).sum::<f32>();
-        let kept = kept.max(f32::MIN_POSITIVE);
-        banned.iter().for_each(|&b| p[b as usize] = 0.0);
-        p.iter_mut().for_each(|x| *x /= kept);
-        p
-    };
     let renormalised;
     let probs = if banned.is_empty() {
         probs
     } else {
-        renormalised = without_banned(probs.to_vec());
+        renormalised = without_banned(probs.to_vec(), row, banned, 1.0);
         &renormalised[..]
     };
     let token = if temperature > 0.0 {
@@ -267,7 +260,7 @@ fn propose(
         let tempered = if banned.is_empty() {
             tempered
         } else {
-            without_banned(tempered)
+            without_banned(tempered, row, banned, temperature)
         };
         sample_top_p(&tempered, top_p, rng)
     } else {
@@ -295,6 +288,30 @@ fn propose(
             .sum(),
     };
     (token as u32, confidence, p.max(1e-30).ln())
+}
+
+/// `p` (the softmax of `row` at `temperature`, maybe mixed with the document cache) without
+/// the `banned` tokens, renormalised. Where the banned tokens held nearly all the mass (a
+/// remasked token the model was sure of), the rest of `p` has underflowed to the exp kernel's
+/// floor, their order lost, and a draw from it picked any token at all, the FIM sentinels
+/// included (`<|fim_prefix|>use super::{` in a dev span case); there the distribution
+/// is the softmax of `row` with the banned logits removed. Where no token is left at all, the
+/// bans give way.
+fn without_banned(mut p: Vec<f32>, row: &[f32], banned: &[u32], temperature: f32) -> Vec<f32> {
+    let kept = 1.0 - banned.iter().map(|&b| p[b as usize]).sum::<f32>();
+    if kept > 1e-3 {
+        banned.iter().for_each(|&b| p[b as usize] = 0.0);
+        p.iter_mut().for_each(|x| *x /= kept);
+        return p;
+    }
+    let mut rest = row.to_vec();
+    banned
+        .iter()
+        .for_each(|&b| rest[b as usize] = f32::NEG_INFINITY);
+    if rest.iter().all(|&x| x == f32::NEG_INFINITY) {
+        return p;
+    }
+    softmax(&rest, temperature)
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -732,6 +749,7 @@ pub fn infill_cached(
                     stats.rejected += 1;
                 }
                 Verdict::Remask(positions) => {
+                    let first = positions.iter().copied().filter(|&j| j < n).min();
                     for j in positions.into_iter().filter(|&j| j < n) {
                         if let Some(t) = cand.tokens[j].filter(|_| !cand.auto_end[j]) {
                             cand.banned[j].push(t);
@@ -739,6 +757,16 @@ pub fn infill_cached(
                         if cand.tokens[j].is_some() {
                             cand.remask(j, special.end);
                             stats.remasked += 1;
+                        }
+                    }
+                    // Reopened, not blamed: no ban.
+                    if let (Some(first), true, false) =
+                        (first, policy.reopen_after_remask, is_final)
+                    {
+                        for j in first + 1..n {
+                            if cand.tokens[j].is_some() && !cand.auto_end[j] {
+                                cand.remask(j, special.end);
+                            }
                         }
                     }
                     cand.done = cand.masked_before_end(special.end).is_empty();
@@ -830,6 +858,32 @@ mod tests {
             }
         }
         idx
+    }
+
+    #[test]
+    fn a_ban_on_the_token_holding_all_the_mass_leaves_the_next_best() {
+        // Token 1 holds all the mass; the others underflow (to the vectorised exp's floor,
+        // where their order is lost).
+        let row = [0.0, 200.0, 3.0, f32::NEG_INFINITY, 1.0];
+        let p = softmax(&row, 1.0);
+        assert!(p[2] < 1e-30 && p[2] <= p[0]);
+        let q = without_banned(p.clone(), &row, &[1], 1.0);
+        assert_eq!(argmax(&q), 2);
+        assert_eq!((q[1], q[3]), (0.0, 0.0));
+        assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        // A sampled draw comes from the rest too, never from the removed tokens.
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let t = sample_top_p(&without_banned(p.clone(), &row, &[1], 0.8), 0.95, &mut rng);
+            assert!([0, 2, 4].contains(&t), "{t}");
+        }
+        // Where every token left is banned, the bans give way.
+        let q = without_banned(p.clone(), &row, &[0, 1, 2, 4], 1.0);
+        assert_eq!(argmax(&q), 1);
+        // A ban on a token of little mass only renormalises.
+        let q = without_banned(softmax(&[1.0, 1.0, 2.0], 1.0), &[1.0, 1.0, 2.0], &[0], 1.0);
+        assert_eq!(q[0], 0.0);
+        assert!((q[1] + q[2] - 1.0).abs() < 1e-6 && q[2] > q[1]);
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use model::{
-    DecodingPolicy, DiffusionLm, EndRule, InfillRequest, NoHook, SamplerParams, StepHook, StepView,
-    Verdict,
+    DecodingPolicy, DiffusionLm, EndRule, InfillRequest, NoHook, Pace, SamplerParams, StepHook,
+    StepView, Verdict,
 };
 
 fn lm() -> DiffusionLm {
@@ -695,4 +695,57 @@ fn special_tokens_other_than_the_end_are_never_proposed() {
     for c in &out.completions {
         assert!(!c.tokens.contains(&mask), "{:?}", c.text);
     }
+}
+
+/// Remasks position 1 once, at the step where positions 0..4 are committed, and records how
+/// many positions each later view has committed.
+struct RemaskSecond {
+    done: bool,
+    committed_after: Vec<usize>,
+}
+
+impl StepHook for RemaskSecond {
+    fn after_step(&mut self, v: &StepView<'_>) -> Verdict {
+        let committed = v.tokens.iter().filter(|t| t.is_some()).count();
+        if self.done {
+            self.committed_after.push(committed);
+            return Verdict::Keep;
+        }
+        if committed == 4 {
+            self.done = true;
+            return Verdict::Remask(vec![1]);
+        }
+        Verdict::Keep
+    }
+}
+
+#[test]
+fn a_backtracking_policy_reopens_what_follows_a_remask() {
+    let lm = lm();
+    let run = |policy: DecodingPolicy| {
+        let params = SamplerParams {
+            steps: 12,
+            policy,
+            ..Default::default()
+        };
+        let mut hook = RemaskSecond {
+            done: false,
+            committed_after: vec![],
+        };
+        lm.infill(&request(&lm, 12, params), &mut hook).unwrap();
+        hook.committed_after
+    };
+    let one_a_step = DecodingPolicy {
+        pace: Pace::AsSure,
+        threshold: None,
+        ..DecodingPolicy::LEFT_TO_RIGHT
+    };
+    // The step after the remask re-predicts position 1: positions 0, 1, 2, 3 are committed
+    // again; backtracking reopened 2 and 3 too, so only 0 and 1 are.
+    assert_eq!(run(one_a_step.clone())[0], 4);
+    let backtracking = DecodingPolicy {
+        reopen_after_remask: true,
+        ..one_a_step
+    };
+    assert_eq!(run(backtracking)[0], 2);
 }

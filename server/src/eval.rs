@@ -45,7 +45,7 @@ pub struct EvalArgs {
     pub no_heal: bool,
     /// Decode every case with this named policy instead of the span kind's (see
     /// `model::DecodingPolicy::ALL`: parallel, parallel-threshold, free-ends, left-to-right,
-    /// left-to-right-threshold, left-to-right-cache, left-to-right-reuse).
+    /// left-to-right-threshold, left-to-right-cache, left-to-right-reuse, left-to-right-backtrack).
     #[arg(long, value_parser = parse_policy)]
     pub policy: Option<DecodingPolicy>,
     #[command(flatten)]
