@@ -7,7 +7,7 @@ VENV="${VENV:-$PWD/.venv}"
 if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV" >&2
 fi
-if ! "$VENV/bin/python" -c "import torch, tokenizers, safetensors, numpy, tqdm, matplotlib, pytest" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import torch, tokenizers, safetensors, numpy, tqdm, matplotlib, pytest, tree_sitter_rust" 2>/dev/null; then
   # PyPI's torch brings ~5.5 GB of CUDA runtime wheels; a pip cache would hold a second copy of
   # them, and a CI run once failed with ENOSPC mid-install. Say so before pip does, unclearly.
   free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 { print $4 }')

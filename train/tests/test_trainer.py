@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from diffusion_train.data import EOS, FIM_PREFIX, FIM_SUFFIX, MASK, SPAN_KINDS, Builder, Corpus, collate, shifted_loss
 from diffusion_train.export import export
+from diffusion_train.fim_cases import KINDS, make_cases, parser
 from diffusion_train.fixtures import convention
 from diffusion_train.model import DiffusionLM, ModelConfig
 from diffusion_train.train import main as train_main
@@ -335,3 +336,27 @@ def test_curve_point_scores_each_kind_and_all(tmp_path):
     assert point["table"]["line"] == {"n": 2, "em": 0.5, "es": 0.75, "empty": 0.0}
     assert point["table"]["all"]["n"] == 3
     assert abs(point["table"]["all"]["empty"] - 1 / 3) < 1e-9
+
+
+def test_fim_cases_have_the_dev_kinds_and_windows_that_parse():
+    files = [{"crate": f"c{i}", "path": "src/lib.rs", "text": t} for i, t in enumerate(rust_files(30))]
+    files.append({"crate": "broken", "path": "src/lib.rs", "text": "fn f( {\n    let x = g(1, 2);\n}\n"})
+    files.append({"crate": "blocks", "path": "src/lib.rs",
+                  "text": "fn f(x: bool) -> u32 {\n    if x {\n        a();\n        b()\n    } else {\n        0\n    }\n}\n"})
+    cases = make_cases(files, per_kind=6, seed=1)
+    assert cases == make_cases(files, per_kind=6, seed=1)
+    assert {c["kind"] for c in cases} == set(KINDS)
+    tsp = parser()
+    for c in cases:
+        assert c["source"].split("/")[0] != "broken"
+        whole = c["prefix"] + c["middle"] + c["suffix"]
+        assert not tsp.parse(whole.encode()).root_node.has_error, c["id"]
+        m = c["middle"]
+        if c["kind"] in ("line", "expr"):
+            assert "\n" not in m and m == m.strip()
+        if c["kind"] == "span":
+            assert 10 <= len(m.encode()) <= 80
+        if c["kind"] in ("block", "body"):
+            assert c["prefix"].endswith("{") and c["suffix"].startswith("}") and "\n" in m
+        if c["kind"] == "line":
+            assert c["prefix"].endswith(("    ", "\n")) and c["suffix"].startswith("\n")
