@@ -1,7 +1,8 @@
 """Plots for MODEL.md: training/validation loss of runs, and the dev learning curve.
 
     python -m diffusion_train.plot loss OUT.png RUN_DIR [RUN_DIR ...]
-    python -m diffusion_train.plot curve OUT.png EVALS.jsonl   # lines written by evaluate --out
+    python -m diffusion_train.plot curve OUT.png EVALS.jsonl [MORE.jsonl ...]
+        # lines written by evaluate --out, or curve points; MORE adds each file's "all" dashed
     python -m diffusion_train.plot point CURVE.jsonl RUN TOKENS EVAL.jsonl
         # append a curve point: per-kind EM/ES/empty of `diffusion-ls eval --out EVAL.jsonl`
 """
@@ -49,7 +50,9 @@ def plot_loss(out: str, runs: list[str]):
     fig.savefig(out)
 
 
-def plot_curve(out: str, evals: str):
+def plot_curve(out: str, evals: str, *more: str):
+    """Per-kind EM and ES against tokens from `evals`; each of `more` (other decodings, other
+    case sets) adds its "all" line, dashed, labelled by its file name."""
     rows = [json.loads(l) for l in open(evals) if l.strip()]
     rows.sort(key=lambda r: r["tokens"])
     kinds = [k for k in rows[-1]["table"] if k != "all"] + ["all"]
@@ -59,6 +62,12 @@ def plot_curve(out: str, evals: str):
         lw = 2.5 if kind == "all" else 1.2
         ae.plot(xs, [100 * r["table"][kind]["em"] for r in rows if kind in r["table"]], marker="o", lw=lw, label=kind)
         as_.plot(xs, [100 * r["table"][kind]["es"] for r in rows if kind in r["table"]], marker="o", lw=lw, label=kind)
+    for path in more:
+        extra = sorted((json.loads(l) for l in open(path) if l.strip()), key=lambda r: r["tokens"])
+        xs = [r["tokens"] / 1e6 for r in extra]
+        label = f"all: {Path(path).stem}"
+        ae.plot(xs, [100 * r["table"]["all"]["em"] for r in extra], marker="s", ls="--", lw=2, label=label)
+        as_.plot(xs, [100 * r["table"]["all"]["es"] for r in extra], marker="s", ls="--", lw=2, label=label)
     ae.set(xlabel="tokens seen (M)", ylabel="exact match (%)", title="dev exact match per kind")
     as_.set(xlabel="tokens seen (M)", ylabel="edit similarity (%)", title="dev edit similarity per kind")
     for a in (ae, as_):
@@ -96,6 +105,6 @@ if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     {
         "loss": lambda: plot_loss(out, rest),
-        "curve": lambda: plot_curve(out, rest[0]),
+        "curve": lambda: plot_curve(out, *rest),
         "point": lambda: append_point(out, *rest),
     }[what]()

@@ -336,6 +336,12 @@ def test_curve_point_scores_each_kind_and_all(tmp_path):
     assert point["table"]["line"] == {"n": 2, "em": 0.5, "es": 0.75, "empty": 0.0}
     assert point["table"]["all"]["n"] == 3
     assert abs(point["table"]["all"]["empty"] - 1 / 3) < 1e-9
+    # The plot takes that curve and another case set's "all" beside it.
+    from diffusion_train.plot import plot_curve
+    other = tmp_path / "other.jsonl"
+    append_point(str(other), "run", "2e6", str(ev))
+    plot_curve(str(tmp_path / "curve.png"), str(curve), str(other))
+    assert (tmp_path / "curve.png").stat().st_size > 0
 
 
 def test_fim_cases_have_the_dev_kinds_and_windows_that_parse():
