@@ -21,6 +21,67 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/qwen2-gqa-untied")
 }
 
+/// The fixture rewritten so that every span position's best token is `x` or `y`: the final
+/// norm keeps only hidden dimension 0 and the output head maps it to `x` (positive) or `y`
+/// (negative), every other token at 0. A model that always writes text, for the tests of what
+/// the server does with an answer (the random weights often write nothing that survives, and
+/// which draws do changes with every sampler change). Written once per test process.
+pub fn writing_fixture() -> PathBuf {
+    let src = fixture();
+    let dir = std::env::temp_dir().join(format!("diffusion-ls-writing-{}", std::process::id()));
+    if dir.join("model.safetensors").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy the fixture");
+    }
+    let tokenizer: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+    let id = |t: &str| {
+        tokenizer["model"]["vocab"][t]
+            .as_u64()
+            .expect("token in vocab") as usize
+    };
+    let (x, y) = (id("x"), id("y"));
+    // safetensors: u64 header length, the JSON header, then the tensors' bytes.
+    let mut bytes = std::fs::read(src.join("model.safetensors")).expect("fixture weights");
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut tensor = |name: &str| -> (usize, Vec<usize>) {
+        let t = &header[name];
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
+        let shape = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize);
+        (start, shape.collect())
+    };
+    let (norm, norm_shape) = tensor("model.norm.weight");
+    let (head, head_shape) = tensor("lm_head.weight");
+    let hidden = norm_shape[0];
+    let mut put = |at: usize, v: f32| bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    for i in 0..hidden {
+        put(norm + 4 * i, if i == 0 { 1.0 } else { 0.0 });
+    }
+    for row in 0..head_shape[0] {
+        for i in 0..hidden {
+            let v = match (row, i) {
+                (r, 0) if r == x => 10.0,
+                (r, 0) if r == y => -10.0,
+                _ => 0.0,
+            };
+            put(head + 4 * (row * hidden + i), v);
+        }
+    }
+    let tmp = dir.join("model.safetensors.tmp");
+    std::fs::write(&tmp, &bytes).expect("write the weights");
+    std::fs::rename(&tmp, dir.join("model.safetensors")).expect("rename the weights");
+    dir
+}
+
 /// What the server wrote, frame by frame.
 pub enum Incoming {
     Message(Value),
