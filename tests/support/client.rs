@@ -48,7 +48,7 @@ pub fn writing_fixture() -> PathBuf {
     let mut bytes = std::fs::read(src.join("model.safetensors")).expect("fixture weights");
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let mut tensor = |name: &str| -> (usize, Vec<usize>) {
+    let tensor = |name: &str| -> (usize, Vec<usize>) {
         let t = &header[name];
         assert_eq!(t["dtype"], "F32", "{name}");
         let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
