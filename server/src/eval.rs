@@ -79,6 +79,9 @@ struct CaseResult<'a> {
     /// `span_kinds`; absent when there was no answer.
     span: Option<SpanKind>,
     completion: &'a str,
+    /// Every returned candidate, best first (`completion` is the first), with its mean
+    /// log-probability: what a better ranking could pick from.
+    candidates: Vec<(&'a str, f32)>,
     middle: &'a str,
     exact: bool,
     em: bool,
@@ -217,25 +220,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let done = rt.block_on(service.complete(&uri, |_| Ok(at), options));
         let latency_ms = t.elapsed().as_secs_f64() * 1e3;
         service.close(&uri);
-        let (completion, span, stats, snapshot) = match done {
+        let (items, span, stats, snapshot) = match done {
             Ok(Some(Completed {
                 answer, snapshot, ..
-            })) => (
-                answer
-                    .items
-                    .first()
-                    .map(|i| i.text.clone())
-                    .unwrap_or_default(),
-                Some(answer.kind),
-                answer.stats,
-                Some(snapshot),
-            ),
-            Ok(None) => (String::new(), None, complete::Stats::default(), None),
+            })) => (answer.items, Some(answer.kind), answer.stats, Some(snapshot)),
+            Ok(None) => (Vec::new(), None, complete::Stats::default(), None),
             Err(e) => {
                 tracing::warn!("eval: {}: {e}", case.id);
-                (String::new(), None, complete::Stats::default(), None)
+                (Vec::new(), None, complete::Stats::default(), None)
             }
         };
+        let completion = items.first().map(|i| i.text.clone()).unwrap_or_default();
         let empty = completion.trim().is_empty();
         let mut site = snapshot.as_ref().and_then(|snap| Site::new(snap, at..at));
         // A case's file can only parse where it parses with the reference (a case may be cut
@@ -251,6 +246,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             kind: &case.kind,
             span,
             completion: &completion,
+            candidates: items
+                .iter()
+                .map(|i| (i.text.as_str(), i.mean_logprob))
+                .collect(),
             middle: &case.middle,
             exact: completion == case.middle,
             em: squash(&completion) == squash(&case.middle),

@@ -223,6 +223,22 @@ def test_resumed_run_equals_uninterrupted_run(corpus_files, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
 
 
+def test_bf16_compiled_run_trains_the_same_model(corpus_files, tmp_path):
+    # The CPU speed settings (bf16 autocast, each layer compiled in place) change the arithmetic,
+    # not the run: the checkpoint has the same names and the losses on the same batches agree.
+    step_tokens = 96 * 4
+    train_main(run_args(corpus_files, tmp_path / "f32", "--tokens", str(4 * step_tokens)))
+    train_main(run_args(corpus_files, tmp_path / "fast", "--tokens", str(4 * step_tokens), "--bf16", "--compile"))
+    a = torch.load(tmp_path / "f32/ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "fast/ckpt.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys() and b["state"]["step"] == 4
+    losses = [[r["loss"] for r in map(json.loads, open(tmp_path / run / "log.jsonl")) if "loss" in r]
+              for run in ("f32", "fast")]
+    assert len(losses[0]) == len(losses[1]) == 2
+    for x, y in zip(*losses):
+        assert abs(x - y) < 0.02 * x, losses
+
+
 def test_a_run_from_exported_weights_goes_on_with_the_data_stream(corpus_files, tmp_path):
     # Batches are a function of (seed, step): a start from an export must not replay step 0's.
     step_tokens = 96 * 4
