@@ -43,6 +43,15 @@ def at_least_f32(x):
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def scored_ce(h, head, targets, weights):
+    """(Σ weights · cross-entropy, argmax) of the tied head's logits `h @ headᵀ` (f32 softmax).
+    Eager, the softmax over 8,192 logits and its backward cost ~18% of a CPU step; compiled,
+    they fuse with the argmax into a pass or two."""
+    logits = at_least_f32(h @ head.t())
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    return (ce * weights).sum(), logits.detach().argmax(-1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float):
         super().__init__()
@@ -133,6 +142,8 @@ class DiffusionLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = Body(cfg)
+        # The trainer swaps in `torch.compile(scored_ce, dynamic=True)` (train.py, --compile).
+        self.scored_ce = scored_ce
         self.reset_parameters()
 
     def reset_parameters(self, seed: int | None = None):
@@ -163,12 +174,17 @@ class DiffusionLM(nn.Module):
     def head(self, h):
         return h @ self.model.embed_tokens.weight.t()  # tied output head
 
-    def forward(self, ids, mask=None, positions=None, rows=None):
+    def forward(self, ids, mask=None, positions=None, rows=None, targets=None, weights=None):
         """Logits of every row, or (shifted training) only of the rows `rows` (B, L-1) of the
-        predictions made at 0..L-2: the output head is the largest matmul at these widths."""
+        predictions made at 0..L-2: the output head is the largest matmul at these widths.
+        With `targets` and `weights` (one per scored row): `scored_ce`'s (Σ weight · CE, argmax)
+        instead of the logits, so that the loss over the vocabulary stays inside the module that
+        data-parallel training wraps and can be compiled as one piece."""
         h = self.hidden(ids, mask, positions)
         if rows is not None:
             h = h[:, :-1][rows]
+        if targets is not None:
+            return self.scored_ce(h, self.model.embed_tokens.weight, targets, weights)
         return self.head(h)
 
     def num_parameters(self) -> int:

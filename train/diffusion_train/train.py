@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .data import Builder, Corpus, collate, read_corpus, shifted_loss, stratified_times
 from .export import export
-from .model import DiffusionLM, ModelConfig
+from .model import DiffusionLM, ModelConfig, scored_ce
 from .recipes import RECIPES, Recipe, lr_at
 
 PRESETS = {
@@ -227,6 +227,7 @@ def main(argv=None):
         # would recompile a whole-model graph), and the state_dict keeps its names.
         for layer in model.model.layers:
             layer.compile()
+        model.scored_ce = torch.compile(scored_ce, dynamic=True)
 
     target = int(args.tokens) if args.tokens else recipe.total
     step_tokens = args.batch * args.seq_len * world
