@@ -370,6 +370,21 @@ impl<'a> Verifier<'a> {
         let is_final = view.is_final || settled.is_some();
         let limit = view.end.unwrap_or(view.tokens.len()).min(view.tokens.len());
         let limit = settled.map_or(limit, |at| at.min(limit));
+        // A string being written: its text up to the first masked position opens a literal
+        // that a later position closes. Unclosed, the literal runs on into the suffix and the
+        // errors land on its opening quote, which would be remasked again and again.
+        if !is_final {
+            if let Some(&hole) = hole_offsets(view, limit).first() {
+                let hole = hole as usize;
+                if hole <= keep && opens_string(&visible[..hole]) {
+                    let closed = format!("{}\"{}", &visible[..hole], &visible[hole..]);
+                    self.stats.checks += 1;
+                    if site.new_errors(&closed).is_empty() {
+                        return Verdict::Keep;
+                    }
+                }
+            }
+        }
         // Committed positions whose text is (at least partly) inserted.
         let visible_pos = |i: usize| view.tokens[i].is_some() && view.token_ranges[i].start < keep;
         let overlaps = |i: usize, e: &Range<isize>| {
@@ -439,6 +454,24 @@ fn structural(text: &str, range: Range<usize>) -> bool {
     text.as_bytes()
         .get(range)
         .is_some_and(|b| b.iter().any(|c| b"()[]{}\"'".contains(c)))
+}
+
+/// Whether `text` ends inside a string literal it opened (`"` outside a literal, escapes
+/// inside one; `'"'` and `'\"'` are characters, not quotes). Raw strings are not followed.
+fn opens_string(text: &str) -> bool {
+    let b = text.as_bytes();
+    let (mut i, mut inside) = (0, false);
+    while i < b.len() {
+        match (inside, b[i]) {
+            (true, b'\\') => i += 1,
+            (_, b'"') => inside = !inside,
+            (false, b'\'') if b.get(i + 1) == Some(&b'"') && b.get(i + 2) == Some(&b'\'') => i += 2,
+            (false, b'\'') if b.get(i + 1) == Some(&b'\\') => i += 2,
+            _ => {}
+        }
+        i += 1;
+    }
+    inside
 }
 
 /// Byte offsets in the step text where masked positions sit (between their neighbours' text).

@@ -271,3 +271,21 @@ fn a_line_span_is_settled_at_its_line_break() {
     let mut v = Verifier::new(None, &finish, CancelToken::default());
     assert_eq!(v.after_step(&view(&f, false)), Verdict::Truncate(3));
 }
+
+#[test]
+fn a_string_being_written_is_not_blamed_before_it_closes() {
+    // Left to right, `"a` has its closing quote still to come: unclosed, the literal runs on
+    // into the suffix, and its opening quote was remasked (a dev case ended as `a`).
+    let doc = "fn main() {\n    let p = Path::new($0);\n    assert!(p.is_ok());\n}\n";
+    let (verdict, _) = run(doc, &[Some("\""), Some("a"), None, None], false);
+    assert_eq!(verdict, Verdict::Keep);
+    // Final, nothing is left to close it: blamed as before.
+    let (verdict, _) = run(doc, &[Some("\""), Some("a")], true);
+    assert!(matches!(verdict, Verdict::Remask(_)), "{verdict:?}");
+    assert!(opens_string("\"a"));
+    assert!(opens_string("x(\"a\", \"b"));
+    assert!(!opens_string("x(\"a\\\"\")"));
+    assert!(!opens_string("c == '\"'"));
+    assert!(!opens_string("c == '\\\"' || c == '\\\\'"));
+    assert!(!opens_string("'a"));
+}
