@@ -281,9 +281,9 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr
         batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
-        logging = (state["step"] + 1) % args.log_every == 0  # the log row reads the accuracy
+        logged = (state["step"] + 1) % args.log_every == 0  # the log row reads the accuracy
         with amp or contextlib.nullcontext():
-            loss, metrics = shifted_loss(net, batch, metrics=logging)
+            loss, metrics = shifted_loss(net, batch, metrics=logged)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)

@@ -370,21 +370,6 @@ impl<'a> Verifier<'a> {
         let is_final = view.is_final || settled.is_some();
         let limit = view.end.unwrap_or(view.tokens.len()).min(view.tokens.len());
         let limit = settled.map_or(limit, |at| at.min(limit));
-        // A string being written: its text up to the first masked position opens a literal
-        // that a later position closes. Unclosed, the literal runs on into the suffix and the
-        // errors land on its opening quote, which would be remasked again and again.
-        if !is_final {
-            if let Some(&hole) = hole_offsets(view, limit).first() {
-                let hole = hole as usize;
-                if hole <= keep && opens_string(&visible[..hole]) {
-                    let closed = format!("{}\"{}", &visible[..hole], &visible[hole..]);
-                    self.stats.checks += 1;
-                    if site.new_errors(&closed).is_empty() {
-                        return Verdict::Keep;
-                    }
-                }
-            }
-        }
         // Committed positions whose text is (at least partly) inserted.
         let visible_pos = |i: usize| view.tokens[i].is_some() && view.token_ranges[i].start < keep;
         let overlaps = |i: usize, e: &Range<isize>| {
@@ -399,6 +384,19 @@ impl<'a> Verifier<'a> {
         let mut remask = BTreeSet::new();
         if !is_final {
             let holes = hole_offsets(view, limit);
+            // A string being written: its text up to the first masked position opens a literal
+            // that a later position closes. Unclosed, the literal runs on into the suffix and
+            // the errors land on its opening quote, which would be remasked again and again.
+            if let Some(&hole) = holes.first() {
+                let hole = hole as usize;
+                if hole <= keep && opens_string(&visible[..hole]) {
+                    let closed = format!("{}\"{}", &visible[..hole], &visible[hole..]);
+                    self.stats.checks += 1;
+                    if site.new_errors(&closed).is_empty() {
+                        return Verdict::Keep;
+                    }
+                }
+            }
             let masked = |i: usize| i < limit && view.tokens[i].is_none();
             for e in &errors {
                 if e.end < 0 || e.start > keep as isize {
