@@ -133,10 +133,8 @@ pub fn complete(
     // the layout's sentinel tokens share it.
     let max_positions = lm.config().max_position_embeddings;
     plan.span_len = plan.span_len.min(max_positions / 2).max(1);
-    // Healing regenerates the backed-off token: one span position more. Only where a line is
-    // being finished: there it ends most empty `expr` answers in the dev eval, while a new
-    // block's first token (a newline, right 98% of the time without it) only got worse.
-    let heal = req.heal && plan.kind == SpanKind::Line;
+    // Healing regenerates the backed-off token: one span position more.
+    let heal = req.heal && heals(plan.kind, &snap.rope, plan.replace.start);
     let span_len = plan.span_len + usize::from(heal);
     let sentinels = lm.config().infill_layout.sentinel_tokens();
     let budget = req
@@ -258,6 +256,21 @@ pub fn complete(
     })
 }
 
+/// Whether a span of `kind` at `at` is healed: where a line is being finished, or begun at
+/// its indentation (a blank line in an empty block). There it ends most empty `expr` answers in
+/// the dev eval and the double space after indentation; a new block's first token after `{`
+/// (a newline, right 98% of the time without it) only got worse.
+fn heals(kind: SpanKind, rope: &ropey::Rope, at: usize) -> bool {
+    match kind {
+        SpanKind::Line => true,
+        SpanKind::Block => {
+            let (before, _) = context::line_around(rope, at);
+            !before.is_empty() && before.chars().all(|c| c == ' ' || c == '\t')
+        }
+        SpanKind::Selection | SpanKind::Function => false,
+    }
+}
+
 /// Token healing: the cursor often stands mid-pretoken (after `= `, `(` or a line's
 /// indentation), a token boundary the model has rarely seen. The prefix's last token is taken
 /// off and its text returned; the sampler's first token must start with it, and the completion
@@ -345,6 +358,23 @@ mod tests {
         let typed = format!("{text}f");
         complete_at(&lm, &typed, typed.len(), &mut cache);
         assert_eq!((cache.rebuilt, cache.reused), (1, 1));
+    }
+
+    /// Healed: a line being finished, and a blank line's indentation in an empty block; not a
+    /// new block after `{`, nor a blank line with no indentation.
+    #[test]
+    fn heals_lines_and_blocks_begun_at_their_indentation() {
+        let at = |text: &str| {
+            let cursor = text.find('|').unwrap();
+            let text = text.replace('|', "");
+            let rope = ropey::Rope::from_str(&text);
+            let kind = context::cursor_kind(&rope, cursor);
+            (kind, heals(kind, &rope, cursor))
+        };
+        assert_eq!(at("fn f() {\n    let x = |\n}\n"), (SpanKind::Line, true));
+        assert_eq!(at("fn f() {\n    |\n}\n"), (SpanKind::Block, true));
+        assert_eq!(at("fn f() {|\n}\n"), (SpanKind::Block, false));
+        assert_eq!(at("fn f() {\n|\n}\n"), (SpanKind::Block, false));
     }
 
     /// At a line's indentation healing gives back the last space only: the prefix ends in the

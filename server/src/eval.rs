@@ -223,7 +223,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let (items, span, stats, snapshot) = match done {
             Ok(Some(Completed {
                 answer, snapshot, ..
-            })) => (answer.items, Some(answer.kind), answer.stats, Some(snapshot)),
+            })) => (
+                answer.items,
+                Some(answer.kind),
+                answer.stats,
+                Some(snapshot),
+            ),
             Ok(None) => (Vec::new(), None, complete::Stats::default(), None),
             Err(e) => {
                 tracing::warn!("eval: {}: {e}", case.id);
