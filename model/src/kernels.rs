@@ -116,6 +116,8 @@ struct SoftmaxRows<'a> {
     chunk: &'a mut [f32],
     first: usize,
     keys: usize,
+    /// Keys past this are padding: never visible.
+    limit: usize,
 }
 
 impl pulp::WithSimd for SoftmaxRows<'_> {
@@ -128,12 +130,14 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
             chunk,
             first,
             keys,
+            limit,
         } = self;
         for (i, row) in chunk.chunks_exact_mut(keys).enumerate() {
             let visible = match op.causal_base {
                 Some(b) => b + (first + i) % op.queries.max(1) + 1,
                 None => keys,
-            };
+            }
+            .min(limit);
             softmax_row(row, visible, op.scale);
         }
     }
@@ -147,6 +151,7 @@ impl MaskedSoftmax {
                 chunk,
                 first,
                 keys,
+                limit: keys,
             })
         };
         if data.len() < PARALLEL_ELEMENTS || keys == 0 {
@@ -157,6 +162,29 @@ impl MaskedSoftmax {
             data.par_chunks_mut(per_task * keys)
                 .enumerate()
                 .for_each(|(t, chunk)| rows(chunk, t * per_task));
+        }
+    }
+}
+
+impl MaskedSoftmax {
+    /// The rows of one block of stacked query rows, the first being row `first`, on the
+    /// calling thread: each row is `stride` long, of which only the first `keys` are keys (the
+    /// rest is padding, set to 0).
+    pub(crate) fn run_block(&self, data: &mut [f32], stride: usize, first: usize, keys: usize) {
+        pulp::Arch::new().dispatch(SoftmaxRows {
+            op: self,
+            chunk: data,
+            first,
+            keys: stride,
+            limit: keys,
+        })
+    }
+
+    /// How many keys row `row` of the stacked query rows sees, of `keys`.
+    pub(crate) fn visible(&self, row: usize, keys: usize) -> usize {
+        match self.causal_base {
+            Some(b) => (b + row % self.queries.max(1) + 1).min(keys),
+            None => keys,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! [`DiffusionLm::infill_with_cache`] an [`InfillRequest`] under a [`StepHook`]. Every module is
 //! private; [`internals`] opens the engine's parts to the benches and the parity tests only.
 
+mod amx;
 mod config;
 mod error;
 mod kernels;
@@ -35,7 +36,7 @@ pub fn pin_thread_count() {
 
 pub use config::{Config, InfillLayout, LogitsConvention};
 pub use error::ModelError;
-pub use lm::DiffusionLm;
+pub use lm::{DiffusionLm, Precision};
 pub use policy::{CommitOrder, ConfidenceOrder, DecodingPolicy, EndRule, Pace};
 pub use sampler::{
     infill, infill_cached, Completion, ContextCache, InfillOutput, InfillRequest, InfillStats,

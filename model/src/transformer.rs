@@ -17,6 +17,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::amx::{self, PackedBf16, PackedLinear};
 use crate::config::{Config, WeightFamily};
 use crate::error::Result;
 use crate::kernels::{MaskedSoftmax, SwiGlu};
@@ -26,6 +27,8 @@ struct Linear {
     /// (in, out), contiguous: see [`input_major`].
     wt: Tensor,
     b: Option<Tensor>,
+    /// The same weight (and bias) for the AMX kernel, once [`Transformer::use_amx`] packed it.
+    bf16: Option<(PackedBf16, Option<Vec<f32>>)>,
 }
 
 /// A checkpoint's (out, in) weight copied once at load to (in, out): gemm then skips re-packing
@@ -35,7 +38,18 @@ fn input_major(w: Tensor) -> Result<Tensor> {
 }
 
 impl Linear {
+    fn new(wt: Tensor, b: Option<Tensor>) -> Self {
+        Self { wt, b, bf16: None }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some((weight, bias)) = &self.bf16 {
+            let op = PackedLinear {
+                weight,
+                bias: bias.as_deref(),
+            };
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
         let y = match x.dims() {
             [b, l, d] => x
                 .reshape((b * l, *d))?
@@ -47,6 +61,21 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// Pack the weight for the AMX kernel, if its shape fits the kernel's blocking.
+    fn pack_bf16(&mut self) -> Result<bool> {
+        let (k, n) = self.wt.dims2()?;
+        if !PackedBf16::fits(k, n) || self.wt.dtype() != DType::F32 {
+            return Ok(false);
+        }
+        let w = self.wt.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match &self.b {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        self.bf16 = Some((PackedBf16::pack(&w, k, n), bias));
+        Ok(true)
     }
 }
 
@@ -197,8 +226,12 @@ pub struct Transformer {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// Output head as (d, vocab), laid out like the linears.
-    lm_head_t: Tensor,
+    /// Output head (d → vocab), laid out like the linears.
+    lm_head: Linear,
+    /// Attention of the causal passes through the AMX kernel ([`Self::use_amx`]).
+    amx_attention: bool,
+    /// Any product on AMX tiles.
+    amx: bool,
     /// RoPE cos/sin of positions 0..n (n ≤ [`ROPE_TABLE_POSITIONS`]), (n, head_dim/2): a pass
     /// over a run of positions slices them instead of computing 2·L·hd/2 cos and sin.
     rope_table: (Tensor, Tensor),
@@ -207,6 +240,9 @@ pub struct Transformer {
 
 /// Queries per chunk of a long causal pass ([`Transformer::attend_causal`]).
 const CAUSAL_CHUNK: usize = 256;
+
+/// Causal passes of at least this many queries attend through the AMX kernel (where on).
+const AMX_ATTENTION_QUERIES: usize = 16;
 
 /// Positions whose RoPE tables are computed once at load.
 const ROPE_TABLE_POSITIONS: usize = 4096;
@@ -306,14 +342,14 @@ impl Transformer {
                     bs.push(store.get(&format!("{name}.bias"), &[*out])?);
                 }
             }
-            Ok(Linear {
-                wt: input_major(Tensor::cat(&ws, 0)?)?,
-                b: if bias {
+            Ok(Linear::new(
+                input_major(Tensor::cat(&ws, 0)?)?,
+                if bias {
                     Some(Tensor::cat(&bs, 0)?)
                 } else {
                     None
                 },
-            })
+            ))
         };
         let linear = |name: &str, out: usize, inp: usize| fused(&[(name, out)], inp, false);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -346,7 +382,7 @@ impl Transformer {
         } else {
             store.get(head_name, &[cfg.vocab_size, d])?
         };
-        let lm_head_t = input_major(lm_head)?;
+        let lm_head = Linear::new(input_major(lm_head)?, None);
         let table_len = cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as i64;
         let rope_table = rope_tables_at(
             cfg,
@@ -359,7 +395,9 @@ impl Transformer {
             embed,
             layers,
             norm: store.get(norm_name, &[d])?,
-            lm_head_t,
+            lm_head,
+            amx_attention: false,
+            amx: false,
             rope_table,
             device: device.clone(),
         })
@@ -367,6 +405,34 @@ impl Transformer {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Run the linear layers and the output head as bf16 products on AMX tiles ([`amx`]),
+    /// where this process has AMX; f32 elsewhere. Returns whether it did. Attention, norms and
+    /// the residual stream stay f32.
+    pub fn use_amx(&mut self) -> Result<bool> {
+        if !amx::available() {
+            return Ok(false);
+        }
+        let mut packed = self.lm_head.pack_bf16()?;
+        for layer in &mut self.layers {
+            for linear in [
+                &mut layer.qkv,
+                &mut layer.o,
+                &mut layer.gate_up,
+                &mut layer.down,
+            ] {
+                packed |= linear.pack_bf16()?;
+            }
+        }
+        self.amx_attention = amx::PackedKv::fits(self.cfg.head_dim());
+        self.amx = packed || self.amx_attention;
+        Ok(self.amx)
+    }
+
+    /// Whether [`Self::use_amx`] put any product on AMX tiles.
+    pub fn uses_amx(&self) -> bool {
+        self.amx
     }
 
     pub fn device(&self) -> &Device {
@@ -553,6 +619,10 @@ impl Transformer {
     /// the score and value products).
     fn attend_causal(&self, q: &Tensor, kv: &KvBlock) -> Result<Tensor> {
         let lq = q.dim(2)?;
+        // Packing the keys and values costs about what a few query rows do with them.
+        if self.amx_attention && lq >= AMX_ATTENTION_QUERIES {
+            return self.attend_amx(q, kv, true);
+        }
         if lq <= CAUSAL_CHUNK {
             return self.attend(q, &[kv], Mask::Causal);
         }
@@ -570,6 +640,24 @@ impl Transformer {
             out.push(self.attend(&chunk, &[&visible], Mask::Causal)?);
         }
         Ok(Tensor::cat(&out, 2)?)
+    }
+
+    /// [`Self::attend`] over one key block with the AMX kernel ([`amx::Attention`]): bf16
+    /// products of 16 query rows at a time, the causal triangle skipped by whole 64-key groups.
+    fn attend_amx(&self, q: &Tensor, kv: &KvBlock, causal: bool) -> Result<Tensor> {
+        let (b, h, lq, hd) = q.dims4()?;
+        let kvh = self.cfg.num_key_value_heads;
+        let lk = kv.k.dim(2)?;
+        let op = amx::Attention {
+            softmax: MaskedSoftmax {
+                scale: 1.0 / (hd as f32).sqrt(),
+                queries: lq,
+                causal_base: causal.then(|| lk.saturating_sub(lq)),
+            },
+        };
+        let qg = q.reshape((b, kvh, h / kvh * lq, hd))?.contiguous()?;
+        let out = qg.apply_op3_no_bwd(&kv.k.contiguous()?, &kv.v.contiguous()?, &op)?;
+        Ok(out.reshape((b, h, lq, hd))?)
     }
 
     /// Output projection + residual + MLP for one layer.
@@ -737,7 +825,7 @@ impl Transformer {
         let dims = hidden.dims().to_vec();
         let d = *dims.last().expect("hidden has a last dim");
         let rows = hidden.elem_count() / d;
-        let out = hidden.reshape((rows, d))?.matmul(&self.lm_head_t)?;
+        let out = self.lm_head.forward(&hidden.reshape((rows, d))?)?;
         let mut shape = dims;
         *shape.last_mut().expect("hidden has a last dim") = self.cfg.vocab_size;
         Ok(out.reshape(shape)?)

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use model::internals::{
     parameter_shapes, ActiveWindow, CausalCache, SpmBlock, TensorStore, Transformer,
 };
-use model::{ContextCache, DiffusionLm, ModelError};
+use model::{ContextCache, DiffusionLm, ModelError, Precision};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,7 +55,8 @@ fn assert_rows_match(name: &str, got: &[Vec<Vec<f32>>], reference: &serde_json::
 
 fn check_parity(name: &str) {
     let dir = fixture(name);
-    let lm = DiffusionLm::load_dir(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let lm =
+        DiffusionLm::load_dir_with(&dir, Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference = reference(&dir);
     let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
     let (b, l) = (ids.len(), ids[0].len());
@@ -114,7 +115,7 @@ fn one_row(ids: &[u32]) -> Tensor {
 #[test]
 fn parity_trainer_spm_block_f16_sharded() {
     let dir = fixture("trainer-spm");
-    let lm = DiffusionLm::load_dir(&dir).unwrap();
+    let lm = DiffusionLm::load_dir_with(&dir, Precision::F32).unwrap();
     let m = lm.transformer();
     let reference = reference(&dir);
     assert_eq!(reference["layout"], "spm_block");
@@ -170,7 +171,7 @@ fn spm_context(lm: &DiffusionLm, prefix: &str, suffix: &str) -> Vec<u32> {
 /// Candidates share the `spm_block` context: a batch of spans gives each span's logits alone.
 #[test]
 fn spm_block_candidates_in_one_batch_equal_each_alone() {
-    let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
+    let lm = DiffusionLm::load_dir_with(&fixture("trainer-spm"), Precision::F32).unwrap();
     let m = lm.transformer();
     let mask = lm.tokenizer().special.mask;
     let context = spm_context(
@@ -201,7 +202,7 @@ fn spm_block_candidates_in_one_batch_equal_each_alone() {
 /// gives what a fresh pass gives, whichever part of the context changed.
 #[test]
 fn spm_block_context_cache_equals_a_fresh_pass_after_edits() {
-    let lm = DiffusionLm::load_dir(&fixture("trainer-spm")).unwrap();
+    let lm = DiffusionLm::load_dir_with(&fixture("trainer-spm"), Precision::F32).unwrap();
     let m = lm.transformer();
     let mask = lm.tokenizer().special.mask;
     let context = |prefix: &str, suffix: &str| spm_context(&lm, prefix, suffix);
@@ -271,7 +272,7 @@ fn spm_block_without_sentinel_tokens_is_a_typed_error() {
 #[test]
 fn cached_span_pass_matches_full_pass() {
     for name in ["qwen2-gqa-untied", "dream-shifted", "qwen2-tied"] {
-        let lm = DiffusionLm::load_dir(&fixture(name)).unwrap();
+        let lm = DiffusionLm::load_dir_with(&fixture(name), Precision::F32).unwrap();
         let m = lm.transformer();
         let seq: Vec<u32> = (0..30).map(|i| (i * 37 % 400) as u32).collect();
         let window = ActiveWindow { start: 11, len: 9 };
@@ -365,7 +366,7 @@ fn missing_and_corrupt_files_are_typed_errors() {
 #[test]
 fn shifted_keys_equal_keys_computed_at_the_new_positions() {
     for name in ["qwen2-gqa-untied", "qwen2-tied"] {
-        let lm = DiffusionLm::load_dir(&fixture(name)).unwrap();
+        let lm = DiffusionLm::load_dir_with(&fixture(name), Precision::F32).unwrap();
         let m = lm.transformer();
         let seq: Vec<u32> = (0..12).map(|i| (i * 13 % 400) as u32).collect();
         let ids = Tensor::new(seq.as_slice(), &Device::Cpu)
@@ -446,4 +447,59 @@ fn a_long_causal_pass_equals_short_ones_continuing_the_cache() {
         .to_scalar()
         .unwrap();
     assert!(diff <= 1e-4, "max |Δhidden| = {diff}");
+}
+
+/// The shipped weights on real code, bf16 products on AMX tiles against f32: a causal pass
+/// (the `spm_block` context pass, which the AMX attention kernel runs) predicts the same next
+/// tokens with nearly the same probabilities.
+#[test]
+fn amx_bf16_stays_near_f32_on_the_default_model() {
+    let fast = DiffusionLm::load_default_with(Precision::Fastest).unwrap();
+    if !fast.transformer().uses_amx() {
+        eprintln!("skipped: this CPU or kernel gives the process no AMX");
+        return;
+    }
+    let exact = DiffusionLm::load_default_with(Precision::F32).unwrap();
+    let ids = exact.encode(include_str!("../src/kernels.rs")).unwrap();
+    let ids = Tensor::new(&ids[..400], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let probs = |lm: &DiffusionLm| -> Vec<Vec<f32>> {
+        let t = lm.transformer();
+        let hidden = t.forward_causal(&ids, &mut CausalCache::default()).unwrap();
+        let logits = t.logits(&hidden).unwrap().squeeze(0).unwrap();
+        candle_nn::ops::softmax_last_dim(&logits)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    };
+    let (p, q) = (probs(&exact), probs(&fast));
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let same_top = p
+        .iter()
+        .zip(&q)
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    let worst_tv = p
+        .iter()
+        .zip(&q)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / 2.0)
+        .fold(0f32, f32::max);
+    println!(
+        "same top-1 {same_top}/{}, worst total variation {worst_tv}",
+        p.len()
+    );
+    assert!(
+        same_top * 100 >= p.len() * 97,
+        "top-1 agrees on {same_top} of {}",
+        p.len()
+    );
+    assert!(worst_tv < 0.1, "total variation {worst_tv}");
 }
