@@ -26,13 +26,21 @@ mod weights;
 /// candle asks for its thread count on every matmul and, unless `RAYON_NUM_THREADS` is set,
 /// re-reads /proc/cpuinfo each time (~6% of a completion's time on the dev machine). Call this
 /// first thing in `main`, before any other thread exists: it fixes the variable to candle's own
-/// choice.
+/// choice, and keeps small products on one thread ([`GEMM_THREADING_THRESHOLD`]).
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    gemm::set_threading_threshold(GEMM_THREADING_THRESHOLD);
 }
+
+/// Multiply-adds below which gemm stays on the calling thread. Its default (48·48·256) hands
+/// a span step's attention products (16 query rows × 1,000 context keys × 64) to the second
+/// core, and waking it cost more than it saved: on the 2-core dev machine the next keystroke
+/// of a one-candidate line went 30 → 23 ms and the three-candidate one 66 → 56 ms at this
+/// threshold (a 128×256×256 product); the context pass's products stay far above it.
+const GEMM_THREADING_THRESHOLD: usize = 1 << 23;
 
 pub use config::{Config, InfillLayout, LogitsConvention};
 pub use error::ModelError;
