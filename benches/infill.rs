@@ -64,18 +64,24 @@ fn random_params(cfg: &Config, seed: u64) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// The 7M and 30M shapes in f32, and the 7M one again with its products on AMX tiles
+/// (`7M-amx`, where the CPU has AMX: `Transformer::use_amx`).
 fn models() -> Vec<(&'static str, Transformer)> {
-    [
-        ("7M", config(256, 6, 4, 2, 768)),
-        ("30M", config(512, 8, 8, 4, 1536)),
-    ]
-    .into_iter()
-    .map(|(name, cfg)| {
-        let params = random_params(&cfg, 0);
+    let build = |cfg: &Config| {
+        let params = random_params(cfg, 0);
         let store = TensorStore::from_map(params, std::path::Path::new("(bench)"));
-        (name, Transformer::new(&cfg, &store, &Device::Cpu).unwrap())
-    })
-    .collect()
+        Transformer::new(cfg, &store, &Device::Cpu).unwrap()
+    };
+    let small = config(256, 6, 4, 2, 768);
+    let mut out = vec![
+        ("7M", build(&small)),
+        ("30M", build(&config(512, 8, 8, 4, 1536))),
+    ];
+    let mut amx = build(&small);
+    if amx.use_amx().unwrap() {
+        out.push(("7M-amx", amx));
+    }
+    out
 }
 
 /// A tokenizer whose special ids fit the bench configs (the fixture's: 0..422).

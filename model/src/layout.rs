@@ -589,7 +589,7 @@ impl ContextCache {
             ));
         }
         if new_prefix.is_empty() && new_suffix.is_empty() {
-            return Ok(Some(ContextKv { layers: kept }.for_steps()?));
+            return Ok(Some(ContextKv::new(kept).for_steps()?));
         }
         // The changed tokens attend to the kept context and to each other.
         let ids: Vec<u32> = new_prefix.iter().chain(new_suffix).copied().collect();
@@ -597,8 +597,7 @@ impl ContextCache {
             .chain(suffix_start as u32..(suffix_start + new_suffix.len()) as u32)
             .collect();
         let ids_t = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-        let (_, own) =
-            model.forward_span_kv(&ids_t, &positions, &ContextKv { layers: kept }, true)?;
+        let (_, own) = model.forward_span_kv(&ids_t, &positions, &ContextKv::new(kept), true)?;
         let own = own.expect("own K/V requested");
         let np = new_prefix.len();
         let layers = own
@@ -623,7 +622,7 @@ impl ContextCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(ContextKv { layers }.for_steps()?))
+        Ok(Some(ContextKv::new(layers).for_steps()?))
     }
 }
 

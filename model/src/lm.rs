@@ -16,8 +16,8 @@ use crate::weights::TensorStore;
 pub enum Precision {
     /// f32 everywhere: the reference the parity tests hold to 1e-4.
     F32,
-    /// bf16 products on AMX tiles for the linear layers, the output head and long causal
-    /// attention where this process has AMX (`crate::amx`), f32 elsewhere. Same dev-set
+    /// bf16 products on AMX tiles for the linear layers, the output head and the attention of
+    /// long passes where this process has AMX (`crate::amx`), f32 elsewhere. Same dev-set
     /// exact match as f32, 1.4x faster completions on the AMX dev machine.
     #[default]
     Fastest,

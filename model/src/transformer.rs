@@ -15,9 +15,11 @@
 //! Reference: `Qwen2Model` in Hugging Face transformers, with the causal mask removed outside
 //! the causal passes.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{DType, Device, Tensor};
 
-use crate::amx::{self, PackedBf16, PackedLinear};
+use crate::amx::{self, PackedBf16, PackedKv, PackedLinear};
 use crate::config::{Config, WeightFamily};
 use crate::error::Result;
 use crate::kernels::{MaskedSoftmax, SwiGlu};
@@ -141,18 +143,54 @@ fn splice_rows(t: &Tensor, fresh: &Tensor, start: usize) -> Result<Tensor> {
 #[derive(Clone)]
 pub struct ContextKv {
     pub layers: Vec<KvBlock>,
+    /// Every layer's heads packed for the AMX span attention, made by the first span step
+    /// that uses them as its context (shared by clones: a context's `layers` are not changed
+    /// after construction; a span's are, and it is never packed).
+    packed: Arc<OnceLock<Vec<Vec<PackedKv>>>>,
 }
 
 impl ContextKv {
+    pub fn new(layers: Vec<KvBlock>) -> Self {
+        Self {
+            layers,
+            packed: Arc::default(),
+        }
+    }
+
     /// The context as span steps read it best: see [`KvBlock::for_steps`].
     pub fn for_steps(&self) -> Result<ContextKv> {
-        Ok(ContextKv {
-            layers: self
-                .layers
+        Ok(ContextKv::new(
+            self.layers
                 .iter()
                 .map(KvBlock::for_steps)
                 .collect::<Result<_>>()?,
-        })
+        ))
+    }
+
+    /// Layer `layer`'s heads packed for [`amx::SpanAttention`] (batch 1, head_dim fitting
+    /// [`PackedKv::fits`]); the first call packs every layer.
+    fn packed(&self, layer: usize) -> Result<&[PackedKv]> {
+        if let Some(p) = self.packed.get() {
+            return Ok(&p[layer]);
+        }
+        let packed = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (_, kvh, keys, hd) = l.k.dims4()?;
+                // Keys stored transposed ([`KvBlock::for_steps`]) are read as Kᵀ, no copy.
+                let kt = l.k.transpose(2, 3)?.contiguous()?.flatten_all()?;
+                let v = l.v.contiguous()?.flatten_all()?;
+                let (kt, v) = (kt.to_vec1::<f32>()?, v.to_vec1::<f32>()?);
+                Ok((0..kvh)
+                    .map(|h| {
+                        let at = h * keys * hd..(h + 1) * keys * hd;
+                        PackedKv::pack_transposed(&kt[at.clone()], &v[at], keys, hd)
+                    })
+                    .collect())
+            })
+            .collect::<Result<Vec<Vec<PackedKv>>>>()?;
+        Ok(&self.packed.get_or_init(|| packed)[layer])
     }
 
     /// The batch rows `index` (u32, into dim 0) of every layer.
@@ -167,7 +205,7 @@ impl ContextKv {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(ContextKv { layers })
+        Ok(ContextKv::new(layers))
     }
 
     pub fn len(&self) -> usize {
@@ -206,10 +244,7 @@ impl CausalCache {
 
     /// The cached keys/values as the fixed context of span passes (no layers while empty).
     pub fn context(&self) -> Result<ContextKv> {
-        ContextKv {
-            layers: self.layers.iter().flatten().cloned().collect(),
-        }
-        .for_steps()
+        ContextKv::new(self.layers.iter().flatten().cloned().collect()).for_steps()
     }
 }
 
@@ -228,7 +263,7 @@ pub struct Transformer {
     norm: Tensor,
     /// Output head (d → vocab), laid out like the linears.
     lm_head: Linear,
-    /// Attention of the causal passes through the AMX kernel ([`Self::use_amx`]).
+    /// Attention of long full and causal passes through the AMX kernel ([`Self::use_amx`]).
     amx_attention: bool,
     /// Any product on AMX tiles.
     amx: bool,
@@ -241,7 +276,8 @@ pub struct Transformer {
 /// Queries per chunk of a long causal pass ([`Transformer::attend_causal`]).
 const CAUSAL_CHUNK: usize = 256;
 
-/// Causal passes of at least this many queries attend through the AMX kernel (where on).
+/// Full and causal passes of at least this many queries attend through the AMX kernel (where
+/// on): below it, packing the keys and values costs about what the products save.
 const AMX_ATTENTION_QUERIES: usize = 16;
 
 /// Positions whose RoPE tables are computed once at load.
@@ -558,7 +594,27 @@ impl Transformer {
     }
 
     /// Span queries over the cached context (if any) and the span's own keys/values.
-    fn attend_span(&self, q: &Tensor, ctx: &KvBlock, span: &KvBlock) -> Result<Tensor> {
+    /// On AMX the context part runs on the tiles ([`amx::SpanAttention`]) where the context is
+    /// shared (batch 1).
+    fn attend_span(
+        &self,
+        q: &Tensor,
+        context: &ContextKv,
+        layer: usize,
+        span: &KvBlock,
+    ) -> Result<Tensor> {
+        let ctx = &context.layers[layer];
+        if self.amx_attention && ctx.k.dim(2)? > 0 && ctx.k.dim(0)? == 1 {
+            let (b, h, lq, hd) = q.dims4()?;
+            let kvh = self.cfg.num_key_value_heads;
+            let op = amx::SpanAttention {
+                context: context.packed(layer)?,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let qg = q.reshape((b, kvh, h / kvh * lq, hd))?.contiguous()?;
+            let out = qg.apply_op3_no_bwd(&span.k.contiguous()?, &span.v.contiguous()?, &op)?;
+            return Ok(out.reshape((b, h, lq, hd))?);
+        }
         if ctx.k.dim(2)? == 0 {
             self.attend(q, &[span], Mask::Full)
         } else if ctx.k.dim(0)? == 1 && q.dim(0)? > 1 {
@@ -619,7 +675,6 @@ impl Transformer {
     /// the score and value products).
     fn attend_causal(&self, q: &Tensor, kv: &KvBlock) -> Result<Tensor> {
         let lq = q.dim(2)?;
-        // Packing the keys and values costs about what a few query rows do with them.
         if self.amx_attention && lq >= AMX_ATTENTION_QUERIES {
             return self.attend_amx(q, kv, true);
         }
@@ -644,6 +699,7 @@ impl Transformer {
 
     /// [`Self::attend`] over one key block with the AMX kernel ([`amx::Attention`]): bf16
     /// products of 16 query rows at a time, the causal triangle skipped by whole 64-key groups.
+    /// Causal queries are the last of the keys.
     fn attend_amx(&self, q: &Tensor, kv: &KvBlock, causal: bool) -> Result<Tensor> {
         let (b, h, lq, hd) = q.dims4()?;
         let kvh = self.cfg.num_key_value_heads;
@@ -719,12 +775,17 @@ impl Transformer {
                     .for_steps()?,
                 );
             }
-            let mask = bias.map_or(Mask::Full, Mask::Bias);
-            let attn = self.attend(&q, &[&kv], mask)?;
+            let attn = match bias {
+                None if self.amx_attention && l >= AMX_ATTENTION_QUERIES => {
+                    self.attend_amx(&q, &kv, false)?
+                }
+                None => self.attend(&q, &[&kv], Mask::Full)?,
+                Some(b) => self.attend(&q, &[&kv], Mask::Bias(b))?,
+            };
             x = self.finish_layer(layer, &x, &attn)?;
         }
         let h = self.rms_norm(&x, &self.norm)?;
-        Ok((h, keep.map(|_| ContextKv { layers: ctx })))
+        Ok((h, keep.map(|_| ContextKv::new(ctx))))
     }
 
     /// Only the active tokens `ids` (B, n) at `positions` (n): they attend to the cached context
@@ -746,10 +807,10 @@ impl Transformer {
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
         let mut own = Vec::new();
-        for (layer, ctx_kv) in self.layers.iter().zip(&ctx.layers) {
+        for (i, layer) in self.layers.iter().enumerate() {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
-            let attn = self.attend_span(&q, ctx_kv, &kv)?;
+            let attn = self.attend_span(&q, ctx, i, &kv)?;
             if keep {
                 own.push(kv);
             }
@@ -757,7 +818,7 @@ impl Transformer {
         }
         Ok((
             self.rms_norm(&x, &self.norm)?,
-            keep.then_some(ContextKv { layers: own }),
+            keep.then_some(ContextKv::new(own)),
         ))
     }
 
@@ -776,14 +837,14 @@ impl Transformer {
     ) -> Result<Tensor> {
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
-        for ((layer, ctx_kv), own) in self.layers.iter().zip(&ctx.layers).zip(&mut span.layers) {
+        for (i, (layer, own)) in self.layers.iter().zip(&mut span.layers).enumerate() {
             let y = self.rms_norm(&x, &layer.input_norm)?;
             let (q, kv) = self.qkv(layer, &y, &rope)?;
             *own = KvBlock {
                 k: splice_rows(&own.k, &kv.k, rows.start)?,
                 v: splice_rows(&own.v, &kv.v, rows.start)?,
             };
-            let attn = self.attend_span(&q, ctx_kv, own)?;
+            let attn = self.attend_span(&q, ctx, i, own)?;
             x = self.finish_layer(layer, &x, &attn)?;
         }
         self.rms_norm(&x, &self.norm)

@@ -450,8 +450,8 @@ fn a_long_causal_pass_equals_short_ones_continuing_the_cache() {
 }
 
 /// The shipped weights on real code, bf16 products on AMX tiles against f32: a causal pass
-/// (the `spm_block` context pass, which the AMX attention kernel runs) predicts the same next
-/// tokens with nearly the same probabilities.
+/// (the `spm_block` context pass), span rows over its cached context (a refinement step) and a
+/// full bidirectional pass predict the same tokens with nearly the same probabilities.
 #[test]
 fn amx_bf16_stays_near_f32_on_the_default_model() {
     let fast = DiffusionLm::load_default_with(Precision::Fastest).unwrap();
@@ -465,16 +465,33 @@ fn amx_bf16_stays_near_f32_on_the_default_model() {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let probs = |lm: &DiffusionLm| -> Vec<Vec<f32>> {
+    // Causal: the `spm_block` context pass; span: 32 rows over that pass's cached context
+    // (the span steps' attention); full: one bidirectional pass.
+    let probs = |lm: &DiffusionLm, pass: &str| -> Vec<Vec<f32>> {
         let t = lm.transformer();
-        let hidden = t.forward_causal(&ids, &mut CausalCache::default()).unwrap();
-        let logits = t.logits(&hidden).unwrap().squeeze(0).unwrap();
-        candle_nn::ops::softmax_last_dim(&logits)
+        let logits = match pass {
+            "causal" => {
+                let hidden = t.forward_causal(&ids, &mut CausalCache::default()).unwrap();
+                t.logits(&hidden).unwrap()
+            }
+            "span" => {
+                let mut cache = CausalCache::default();
+                t.forward_causal(&ids.narrow(1, 0, 368).unwrap(), &mut cache)
+                    .unwrap();
+                let positions: Vec<u32> = (368..400).collect();
+                let span = ids.narrow(1, 368, 32).unwrap();
+                let hidden = t
+                    .forward_span(&span, &positions, &cache.context().unwrap())
+                    .unwrap();
+                t.logits(&hidden).unwrap()
+            }
+            _ => t.forward_logits(&ids, None).unwrap(),
+        };
+        candle_nn::ops::softmax_last_dim(&logits.squeeze(0).unwrap())
             .unwrap()
             .to_vec2()
             .unwrap()
     };
-    let (p, q) = (probs(&exact), probs(&fast));
     let argmax = |r: &[f32]| {
         r.iter()
             .enumerate()
@@ -482,24 +499,27 @@ fn amx_bf16_stays_near_f32_on_the_default_model() {
             .unwrap()
             .0
     };
-    let same_top = p
-        .iter()
-        .zip(&q)
-        .filter(|(a, b)| argmax(a) == argmax(b))
-        .count();
-    let worst_tv = p
-        .iter()
-        .zip(&q)
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / 2.0)
-        .fold(0f32, f32::max);
-    println!(
-        "same top-1 {same_top}/{}, worst total variation {worst_tv}",
-        p.len()
-    );
-    assert!(
-        same_top * 100 >= p.len() * 97,
-        "top-1 agrees on {same_top} of {}",
-        p.len()
-    );
-    assert!(worst_tv < 0.1, "total variation {worst_tv}");
+    for pass in ["causal", "span", "full"] {
+        let (p, q) = (probs(&exact, pass), probs(&fast, pass));
+        let same_top = p
+            .iter()
+            .zip(&q)
+            .filter(|(a, b)| argmax(a) == argmax(b))
+            .count();
+        let worst_tv = p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / 2.0)
+            .fold(0f32, f32::max);
+        println!(
+            "{pass}: same top-1 {same_top}/{}, worst total variation {worst_tv}",
+            p.len()
+        );
+        assert!(
+            same_top * 100 >= p.len() * 97,
+            "{pass}: top-1 agrees on {same_top} of {}",
+            p.len()
+        );
+        assert!(worst_tv < 0.1, "{pass}: total variation {worst_tv}");
+    }
 }
