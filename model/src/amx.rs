@@ -99,7 +99,7 @@ fn to_bf16(x: f32) -> u16 {
 pub struct PackedBf16 {
     k: usize,
     n: usize,
-    data: Vec<u16>,
+    data: Vec<u32>,
 }
 
 impl PackedBf16 {
@@ -129,13 +129,11 @@ impl PackedBf16 {
             let mut a = vec![0u16; ROWS * k];
             for (xb, ob) in xs.chunks(ROWS * k).zip(os.chunks_mut(ROWS * n)) {
                 let r = xb.len() / k;
-                for (d, &s) in a.iter_mut().zip(xb) {
-                    *d = to_bf16(s);
-                }
+                round_slice(xb, &mut a);
                 let block = Block {
                     a: a.as_ptr(),
                     a_stride: k,
-                    b: self.data.as_ptr(),
+                    b: self.data.as_ptr().cast(),
                     b_k: k,
                     out: ob.as_mut_ptr(),
                     out_stride: n,
@@ -165,42 +163,92 @@ impl PackedBf16 {
     }
 }
 
-/// The packed layout of a (k, n) matrix whose element (row, col) is `at(row, col)`; k and n
-/// multiples of 2 and 16.
-fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<u16> {
-    let mut data = vec![0u16; k * n];
-    for (i, pair) in data.chunks_exact_mut(32).enumerate() {
+/// `dst[i] = bf16(src[i])`, the loop compiled for the CPU's best vector instructions (pulp).
+fn round_slice(src: &[f32], dst: &mut [u16]) {
+    struct Round<'a>(&'a [f32], &'a mut [u16]);
+    impl pulp::WithSimd for Round<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            for (d, &x) in self.1.iter_mut().zip(self.0) {
+                *d = to_bf16(x);
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Round(src, dst));
+}
+
+/// Two bf16 values as one packed pair: `lo` (the even input row) in the low half, which is
+/// the first in memory.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
+}
+
+/// The packed layout (pairs of bf16 as u32) of a (k, n) matrix whose element (row, col) is
+/// `at(row, col)`; k and n multiples of 2 and 16.
+fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<u32> {
+    let mut data = vec![0u32; k * n / 2];
+    for (i, pairs) in data.chunks_exact_mut(16).enumerate() {
         let (group, p) = (i / (k / 2), i % (k / 2));
-        for c in 0..16 {
-            pair[2 * c] = to_bf16(at(2 * p, group * 16 + c));
-            pair[2 * c + 1] = to_bf16(at(2 * p + 1, group * 16 + c));
+        for (c, d) in pairs.iter_mut().enumerate() {
+            *d = pair(at(2 * p, group * 16 + c), at(2 * p + 1, group * 16 + c));
         }
     }
     data
 }
 
 /// [`pack_with`] for a row-major matrix `src` of `rows` × `cols` (rows `stride` apart),
-/// zero-padded to (k, n): whole rows at a time, 8x faster than element by element.
-fn pack_rows(src: &[f32], rows: usize, cols: usize, stride: usize, k: usize, n: usize) -> Vec<u16> {
-    let mut data = vec![0u16; k * n];
-    let row = |r: usize, c0: usize, len: usize| -> &[f32] {
-        if r < rows && len > 0 {
-            &src[r * stride + c0..][..len]
-        } else {
-            &[]
-        }
-    };
-    for (i, pair) in data.chunks_exact_mut(32).enumerate() {
-        let (group, p) = (i / (k / 2), i % (k / 2));
-        let c0 = group * 16;
-        let len = cols.saturating_sub(c0).min(16);
-        for (c, &x) in row(2 * p, c0, len).iter().enumerate() {
-            pair[2 * c] = to_bf16(x);
-        }
-        for (c, &x) in row(2 * p + 1, c0, len).iter().enumerate() {
-            pair[2 * c + 1] = to_bf16(x);
+/// zero-padded to (k, n): 16 columns of two rows at a time, vectorised.
+fn pack_rows(src: &[f32], rows: usize, cols: usize, stride: usize, k: usize, n: usize) -> Vec<u32> {
+    struct Pack<'a> {
+        src: &'a [f32],
+        rows: usize,
+        cols: usize,
+        stride: usize,
+        k: usize,
+        data: &'a mut [u32],
+    }
+    impl pulp::WithSimd for Pack<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            let Pack {
+                src,
+                rows,
+                cols,
+                stride,
+                k,
+                data,
+            } = self;
+            const ZEROS: [f32; 16] = [0.0; 16];
+            let row = |r: usize, c0: usize, len: usize| -> &[f32] {
+                if r < rows && len > 0 {
+                    &src[r * stride + c0..][..len]
+                } else {
+                    &ZEROS[..len]
+                }
+            };
+            for (i, pairs) in data.chunks_exact_mut(16).enumerate() {
+                let (group, p) = (i / (k / 2), i % (k / 2));
+                let c0 = group * 16;
+                let len = cols.saturating_sub(c0).min(16);
+                let (lo, hi) = (row(2 * p, c0, len), row(2 * p + 1, c0, len));
+                for ((d, &l), &h) in pairs.iter_mut().zip(lo).zip(hi) {
+                    *d = pair(l, h);
+                }
+            }
         }
     }
+    let mut data = vec![0u32; k * n / 2];
+    pulp::Arch::new().dispatch(Pack {
+        src,
+        rows,
+        cols,
+        stride,
+        k,
+        data: &mut data,
+    });
     data
 }
 
@@ -211,8 +259,8 @@ pub struct PackedKv {
     keys: usize,
     padded: usize,
     head_dim: usize,
-    kt: Vec<u16>,
-    v: Vec<u16>,
+    kt: Vec<u32>,
+    v: Vec<u32>,
 }
 
 impl PackedKv {
@@ -295,14 +343,12 @@ impl PackedKv {
         let k = self.keys.div_ceil(K_STEP).max(1) * K_STEP;
         for (qs, os) in q.chunks(ROWS * hd).zip(out.chunks_mut(ROWS * hd)) {
             let rows = qs.len() / hd;
-            for (d, &x) in qb.iter_mut().zip(qs) {
-                *d = to_bf16(x);
-            }
+            round_slice(qs, &mut qb);
             let scores = &mut scores[..rows * stride];
             let block = Block {
                 a: qb.as_ptr(),
                 a_stride: hd,
-                b: self.kt.as_ptr(),
+                b: self.kt.as_ptr().cast(),
                 b_k: hd,
                 out: scores.as_mut_ptr(),
                 out_stride: stride,
@@ -324,14 +370,12 @@ impl PackedKv {
                 .chunks_exact_mut(self.padded)
                 .zip(scores.chunks_exact(stride))
             {
-                for (d, &x) in p.iter_mut().zip(row) {
-                    *d = to_bf16(x);
-                }
+                round_slice(&row[..self.padded], p);
             }
             let block = Block {
                 a: probs.as_ptr(),
                 a_stride: self.padded,
-                b: self.v.as_ptr(),
+                b: self.v.as_ptr().cast(),
                 b_k: self.padded,
                 out: os.as_mut_ptr(),
                 out_stride: hd,
@@ -371,9 +415,7 @@ impl PackedKv {
             .enumerate()
         {
             let (first, rows) = (first + b * ROWS, qs.len() / hd);
-            for (d, &x) in qb.iter_mut().zip(qs) {
-                *d = to_bf16(x);
-            }
+            round_slice(qs, &mut qb);
             let visible = (first..first + rows)
                 .map(|r| softmax.visible(r, self.keys))
                 .max()
@@ -385,7 +427,7 @@ impl PackedKv {
             let block = Block {
                 a: qb.as_ptr(),
                 a_stride: hd,
-                b: self.kt.as_ptr(),
+                b: self.kt.as_ptr().cast(),
                 b_k: hd,
                 out: scores.as_mut_ptr(),
                 out_stride: n,
@@ -397,13 +439,11 @@ impl PackedKv {
             // rows × n f32, kt the packed (hd, padded) keys with n ≤ padded.
             unsafe { tile_block(&block) };
             softmax.run_block(scores, n, first, self.keys);
-            for (d, &p) in probs.iter_mut().zip(scores.iter()) {
-                *d = to_bf16(p);
-            }
+            round_slice(scores, &mut probs);
             let block = Block {
                 a: probs.as_ptr(),
                 a_stride: n,
-                b: self.v.as_ptr(),
+                b: self.v.as_ptr().cast(),
                 b_k: self.padded,
                 out: os.as_mut_ptr(),
                 out_stride: hd,
