@@ -178,6 +178,54 @@ fn round_slice(src: &[f32], dst: &mut [u16]) {
     pulp::Arch::new().dispatch(Round(src, dst));
 }
 
+/// `scores[r][from + j] = q[r] · span_k[j]` in f32 for every query row r and span key j
+/// (rows of `scores` are `scores.len() / rows` long), vectorised (pulp).
+fn span_scores(q: &[f32], span_k: &[f32], hd: usize, scores: &mut [f32], from: usize) {
+    struct Dots<'a>(&'a [f32], &'a [f32], usize, &'a mut [f32], usize);
+    impl pulp::WithSimd for Dots<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            let Dots(q, span_k, hd, scores, from) = self;
+            let stride = scores.len() / (q.len() / hd).max(1);
+            for (row, qr) in scores.chunks_exact_mut(stride).zip(q.chunks_exact(hd)) {
+                for (s, kr) in row[from..].iter_mut().zip(span_k.chunks_exact(hd)) {
+                    // Sixteen lanes: a plain f32 sum would not vectorise (order of operations).
+                    let mut lanes = [0f32; 16];
+                    for (qc, kc) in qr.chunks(16).zip(kr.chunks(16)) {
+                        for ((l, a), b) in lanes.iter_mut().zip(qc).zip(kc) {
+                            *l += a * b;
+                        }
+                    }
+                    *s = lanes.iter().sum();
+                }
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Dots(q, span_k, hd, scores, from));
+}
+
+/// `out[r] += Σ_j scores[r][from + j] · span_v[j]` (rows of `scores` `stride` long, of `out`
+/// `hd`): the span's share of the attention output, vectorised (pulp).
+fn span_values(scores: &[f32], stride: usize, from: usize, span_v: &[f32], out: &mut [f32]) {
+    struct Axpy<'a>(&'a [f32], usize, usize, &'a [f32], &'a mut [f32]);
+    impl pulp::WithSimd for Axpy<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            let Axpy(scores, stride, from, span_v, out) = self;
+            let rows = scores.len() / stride;
+            let hd = out.len() / rows.max(1);
+            for (orow, row) in out.chunks_exact_mut(hd).zip(scores.chunks_exact(stride)) {
+                for (&p, vr) in row[from..].iter().zip(span_v.chunks_exact(hd)) {
+                    orow.iter_mut().zip(vr).for_each(|(o, v)| *o += p * v);
+                }
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Axpy(scores, stride, from, span_v, out));
+}
+
 /// Two bf16 values as one packed pair: `lo` (the even input row) in the low half, which is
 /// the first in memory.
 #[inline(always)]
@@ -359,12 +407,10 @@ impl PackedKv {
             // SAFETY: `available()` (the caller's contract); qb holds rows × hd bf16, scores
             // rows × stride f32 (stride ≥ padded), kt the packed (hd, padded) keys.
             unsafe { tile_block(&block) };
-            for (row, qr) in scores.chunks_exact_mut(stride).zip(qs.chunks_exact(hd)) {
+            for row in scores.chunks_exact_mut(stride) {
                 row[self.keys..self.padded].fill(f32::NEG_INFINITY);
-                for (s, kr) in row[self.padded..].iter_mut().zip(span_k.chunks_exact(hd)) {
-                    *s = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
-                }
             }
+            span_scores(qs, span_k, hd, scores, self.padded);
             softmax.run_block(scores, stride, 0, stride);
             for (p, row) in probs
                 .chunks_exact_mut(self.padded)
@@ -385,11 +431,7 @@ impl PackedKv {
             };
             // SAFETY: as above; probs holds rows × padded bf16 (k ≤ padded), os rows × hd f32.
             unsafe { tile_block(&block) };
-            for (orow, row) in os.chunks_exact_mut(hd).zip(scores.chunks_exact(stride)) {
-                for (&p, vr) in row[self.padded..].iter().zip(span_v.chunks_exact(hd)) {
-                    orow.iter_mut().zip(vr).for_each(|(o, v)| *o += p * v);
-                }
-            }
+            span_values(scores, stride, self.padded, span_v, os);
         }
     }
 
