@@ -21,8 +21,9 @@ pub struct Settings {
     /// Upper bound on masked positions for any request.
     pub max_span_tokens: usize,
     /// Candidates decoded together; each surviving one becomes an item. 3 on the dev eval:
-    /// where the greedy candidate cannot be mended, another often can (ES 25.3 → ~29.7%, empty
-    /// 27.1 → ~10% against 1; p50 ~0.6 → ~1.0–1.4 s, MODEL.md); 1 is the fastest.
+    /// where the greedy candidate cannot be mended, another often can (stop 22, AMX: EM 9.6 →
+    /// 10.8%, ES 34.9 → 40.6%, empty 22.9 → 7.5% against 1; p50 89 → 160 ms, MODEL.md); 1 is
+    /// the fastest.
     pub candidates: usize,
     /// 0 = greedy.
     pub temperature: f32,
