@@ -119,8 +119,9 @@ impl PackedBf16 {
     }
 
     /// `out[r] = x[r] · W (+ bias)` for the `m` rows of `x` (m, k); `out` is (m, n).
-    /// The caller checked [`available`].
+    /// Panics unless [`available`].
     pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        assert!(available(), "AMX tiles are not available to this process");
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         assert!(x.len() == m * k && out.len() == m * n);
@@ -141,7 +142,7 @@ impl PackedBf16 {
                     k,
                     n,
                 };
-                // SAFETY: `available()` held (the caller's contract); `a` holds r rows of k
+                // SAFETY: `available()` held (asserted above); `a` holds r rows of k
                 // bf16, `ob` r rows of n f32; k and n fit the blocking (checked at pack).
                 unsafe { tile_block(&block) };
                 if let Some(bias) = bias {
@@ -367,7 +368,7 @@ impl PackedKv {
     /// Span rows attending to these (context) keys and to the span's own keys and values
     /// `span_k`, `span_v` (ls, head_dim), all visible, under one softmax: `q` (rows,
     /// head_dim) → `out`. The context part on the tiles, the span part (a few dozen keys) in
-    /// f32. The caller checked [`available`].
+    /// f32. Panics unless [`available`].
     pub fn attend_with_span(
         &self,
         q: &[f32],
@@ -376,6 +377,7 @@ impl PackedKv {
         scale: f32,
         out: &mut [f32],
     ) {
+        assert!(available(), "AMX tiles are not available to this process");
         let hd = self.head_dim;
         let ls = span_k.len() / hd;
         assert!(q.len() % hd == 0 && out.len() == q.len() && span_v.len() == span_k.len());
@@ -404,7 +406,7 @@ impl PackedKv {
                 k: hd,
                 n: self.padded,
             };
-            // SAFETY: `available()` (the caller's contract); qb holds rows × hd bf16, scores
+            // SAFETY: `available()` (asserted above); qb holds rows × hd bf16, scores
             // rows × stride f32 (stride ≥ padded), kt the packed (hd, padded) keys.
             unsafe { tile_block(&block) };
             for row in scores.chunks_exact_mut(stride) {
@@ -438,7 +440,7 @@ impl PackedKv {
     /// `out (rows, head_dim) = softmax(q · Kᵀ) · V` for stacked query rows `q (rows, head_dim)`,
     /// the mask, scale and row order as `softmax` says ([`MaskedSoftmax`]). Scores and
     /// probabilities of one 16-row block at a time; bf16 operands, f32 accumulation and softmax.
-    /// The caller checked [`available`].
+    /// Panics unless [`available`].
     #[cfg(test)]
     pub fn attend(&self, q: &[f32], softmax: &MaskedSoftmax, out: &mut [f32]) {
         self.attend_from(q, softmax, 0, out)
@@ -446,6 +448,7 @@ impl PackedKv {
 
     /// [`Self::attend`] for the stacked rows `first..` (whole 16-row blocks from `first`).
     fn attend_from(&self, q: &[f32], softmax: &MaskedSoftmax, first: usize, out: &mut [f32]) {
+        assert!(available(), "AMX tiles are not available to this process");
         let hd = self.head_dim;
         assert!(q.len() % hd == 0 && out.len() == q.len());
         let mut qb = vec![0u16; ROWS * hd];
@@ -477,7 +480,7 @@ impl PackedKv {
                 k: hd,
                 n,
             };
-            // SAFETY: `available()` (the caller's contract); qb holds rows × hd bf16, scores
+            // SAFETY: `available()` (asserted above); qb holds rows × hd bf16, scores
             // rows × n f32, kt the packed (hd, padded) keys with n ≤ padded.
             unsafe { tile_block(&block) };
             softmax.run_block(scores, n, first, self.keys);
