@@ -775,6 +775,39 @@ mod tests {
         f32::from_bits(u32::from(h) << 16)
     }
 
+    /// True, and says so, where the kernel cannot run here.
+    fn skipped_without_amx() -> bool {
+        if !available() {
+            eprintln!("skipped: this CPU or kernel gives the process no AMX");
+        }
+        !available()
+    }
+
+    fn round(x: f32) -> f64 {
+        f64::from(from_bf16(to_bf16(x)))
+    }
+
+    /// softmax(scale · q·kᵀ)·v in f64 over the first `keys` keys, `key(j, d)` and `val(j, d)`
+    /// giving key j's component d; `q` is one query row of `hd`.
+    fn reference_row(
+        q: &[f32],
+        key: impl Fn(usize, usize) -> f64,
+        val: impl Fn(usize, usize) -> f64,
+        keys: usize,
+        scale: f64,
+    ) -> Vec<f64> {
+        let hd = q.len();
+        let scores: Vec<f64> = (0..keys)
+            .map(|j| (0..hd).map(|d| round(q[d]) * key(j, d)).sum::<f64>() * scale)
+            .collect();
+        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        (0..hd)
+            .map(|d| (0..keys).map(|j| e[j] / sum * val(j, d)).sum())
+            .collect()
+    }
+
     #[test]
     fn rounds_to_nearest_even() {
         assert_eq!(to_bf16(1.0), 0x3f80);
@@ -789,8 +822,7 @@ mod tests {
     /// the same product of the bf16-rounded inputs in f32.
     #[test]
     fn matches_the_rounded_product() {
-        if !available() {
-            eprintln!("skipped: this CPU or kernel gives the process no AMX");
+        if skipped_without_amx() {
             return;
         }
         let (k, n) = (96, 128);
@@ -823,15 +855,13 @@ mod tests {
     /// attention computed in f64 from the same bf16-rounded inputs.
     #[test]
     fn attention_matches_the_reference() {
-        if !available() {
-            eprintln!("skipped: this CPU or kernel gives the process no AMX");
+        if skipped_without_amx() {
             return;
         }
         let (keys, hd) = (70, 64);
         let k = values(keys * hd, 11);
         let v = values(keys * hd, 12);
         let kv = PackedKv::pack(&k, &v, keys, hd);
-        let round = |x: f32| f64::from(from_bf16(to_bf16(x)));
         for (queries, causal_base) in [(40, Some(keys - 40)), (5, None), (1, Some(keys - 1))] {
             let rows = 2 * queries;
             let q: Vec<f32> = values(rows * hd, 13).iter().map(|x| x * 4.0).collect();
@@ -842,27 +872,19 @@ mod tests {
             };
             let mut out = vec![f32::NAN; rows * hd];
             kv.attend(&q, &softmax, &mut out);
-            for r in 0..rows {
-                let visible = softmax.visible(r, keys);
-                let scores: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|d| round(q[r * hd + d]) * round(k[j * hd + d]))
-                            .sum::<f64>()
-                            * 0.125
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for d in 0..hd {
-                    let want: f64 = (0..visible)
-                        .map(|j| e[j] / sum * round(v[j * hd + d]))
-                        .sum();
-                    let got = f64::from(out[r * hd + d]);
+            for (r, (qr, got)) in q.chunks(hd).zip(out.chunks(hd)).enumerate() {
+                let want = reference_row(
+                    qr,
+                    |j, d| round(k[j * hd + d]),
+                    |j, d| round(v[j * hd + d]),
+                    softmax.visible(r, keys),
+                    0.125,
+                );
+                for (d, (&g, w)) in got.iter().zip(want).enumerate() {
+                    let g = f64::from(g);
                     assert!(
-                        (got - want).abs() < 4e-3,
-                        "queries {queries} row {r} dim {d}: {got} vs {want}"
+                        (g - w).abs() < 4e-3,
+                        "queries {queries} row {r} dim {d}: {g} vs {w}"
                     );
                 }
             }
@@ -873,8 +895,7 @@ mod tests {
     /// own, against one f64 softmax over all 75.
     #[test]
     fn span_attention_matches_the_reference() {
-        if !available() {
-            eprintln!("skipped: this CPU or kernel gives the process no AMX");
+        if skipped_without_amx() {
             return;
         }
         let (keys, ls, hd, rows) = (70, 5, 64, 20);
@@ -888,40 +909,29 @@ mod tests {
         let q: Vec<f32> = values(rows * hd, 25).iter().map(|x| x * 4.0).collect();
         let mut out = vec![f32::NAN; rows * hd];
         ctx.attend_with_span(&q, &sk, &sv, 0.125, &mut out);
-        let round = |x: f32| f64::from(from_bf16(to_bf16(x)));
-        for r in 0..rows {
-            let key = |j: usize, d: usize| {
-                if j < keys {
-                    round(k[j * hd + d])
-                } else {
-                    f64::from(sk[(j - keys) * hd + d])
-                }
-            };
-            let val = |j: usize, d: usize| {
-                if j < keys {
-                    round(v[j * hd + d])
-                } else {
-                    f64::from(sv[(j - keys) * hd + d])
-                }
-            };
-            let scores: Vec<f64> = (0..keys + ls)
-                .map(|j| {
-                    (0..hd)
-                        .map(|d| round(q[r * hd + d]) * key(j, d))
-                        .sum::<f64>()
-                        * 0.125
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for d in 0..hd {
-                let want: f64 = (0..keys + ls).map(|j| e[j] / sum * val(j, d)).sum();
-                let got = f64::from(out[r * hd + d]);
-                assert!(
-                    (got - want).abs() < 4e-3,
-                    "row {r} dim {d}: {got} vs {want}"
-                );
+        for (r, (qr, got)) in q.chunks(hd).zip(out.chunks(hd)).enumerate() {
+            let want = reference_row(
+                qr,
+                |j, d| {
+                    if j < keys {
+                        round(k[j * hd + d])
+                    } else {
+                        f64::from(sk[(j - keys) * hd + d])
+                    }
+                },
+                |j, d| {
+                    if j < keys {
+                        round(v[j * hd + d])
+                    } else {
+                        f64::from(sv[(j - keys) * hd + d])
+                    }
+                },
+                keys + ls,
+                0.125,
+            );
+            for (d, (&g, w)) in got.iter().zip(want).enumerate() {
+                let g = f64::from(g);
+                assert!((g - w).abs() < 4e-3, "row {r} dim {d}: {g} vs {w}");
             }
         }
     }
