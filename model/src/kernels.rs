@@ -279,6 +279,40 @@ impl CustomOp1 for SwiGlu {
 }
 
 /// Rows of [`SwiGlu`] as one `pulp` task (see [`SoftmaxRows`]).
+/// [`SwiGlu`] on raw rows, on the calling thread: `src` (rows, 2f) → `dst` (rows, f).
+pub(crate) fn swiglu_rows(src: &[f32], dst: &mut [f32], f: usize) {
+    pulp::Arch::new().dispatch(SwiGluRows { src, dst, f })
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`) into `out`: `x / √(mean(x²) + eps) · w`, as
+/// `candle_nn::ops::rms_norm`, on the calling thread.
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    struct Rows<'a>(&'a [f32], &'a [f32], f32, &'a mut [f32]);
+    impl pulp::WithSimd for Rows<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            let Rows(x, w, eps, out) = self;
+            let d = w.len();
+            for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                // Lane-wise sums: a plain f32 fold would not vectorise.
+                let mut lanes = [0f32; 16];
+                for c in row.chunks(16) {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        *l += v * v;
+                    }
+                }
+                let mean = lanes.iter().sum::<f32>() / d as f32;
+                let inv = 1.0 / (mean + eps).sqrt();
+                for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * inv * g;
+                }
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Rows(x, w, eps, out))
+}
+
 struct SwiGluRows<'a> {
     src: &'a [f32],
     dst: &'a mut [f32],

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::amx::{self, PackedBf16, PackedKv, PackedLinear};
 use crate::config::{Config, WeightFamily};
 use crate::error::Result;
-use crate::kernels::{MaskedSoftmax, SwiGlu};
+use crate::kernels::{self, MaskedSoftmax, SwiGlu};
 use crate::weights::TensorStore;
 
 struct Linear {
@@ -835,6 +835,21 @@ impl Transformer {
         span: &mut ContextKv,
         rows: std::ops::Range<usize>,
     ) -> Result<Tensor> {
+        match self.fused_span(ctx)? {
+            Some(fused) => fused.rows(ids, positions, span, rows),
+            None => self.forward_span_rows_by_op(ids, positions, ctx, span, rows),
+        }
+    }
+
+    /// [`Self::forward_span_rows`] one candle op at a time.
+    fn forward_span_rows_by_op(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        ctx: &ContextKv,
+        span: &mut ContextKv,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
         let rope = self.rope_tables(positions)?;
         let mut x = self.embed(ids)?;
         for (i, (layer, own)) in self.layers.iter().zip(&mut span.layers).enumerate() {
@@ -848,6 +863,24 @@ impl Transformer {
             x = self.finish_layer(layer, &x, &attn)?;
         }
         self.rms_norm(&x, &self.norm)
+    }
+
+    /// The fused span step over `ctx`, where every product of a layer runs on AMX tiles and
+    /// the context is shared (batch 1): see [`FusedSpan`].
+    fn fused_span<'a>(&'a self, ctx: &'a ContextKv) -> Result<Option<FusedSpan<'a>>> {
+        let shared = ctx
+            .layers
+            .first()
+            .is_some_and(|l| l.k.dim(0).is_ok_and(|b| b == 1) && l.k.dim(2).is_ok_and(|n| n > 0));
+        let packed = self.layers.iter().all(|l| {
+            [&l.qkv, &l.o, &l.gate_up, &l.down]
+                .iter()
+                .all(|lin| lin.bf16.is_some())
+        });
+        if !(self.amx_attention && shared && packed && ctx.layers.len() == self.layers.len()) {
+            return Ok(None);
+        }
+        Ok(Some(FusedSpan { model: self, ctx }))
     }
 
     /// Causal pass of `ids` (1, L) continuing the cache (positions `cache.len..`): the hidden
@@ -947,4 +980,199 @@ pub fn padding_bias(mask: &Tensor) -> Result<Tensor> {
     // 0 where real, -1e9 where padding (finite so fully padded rows stay NaN-free).
     let bias = ((m - 1.0)? * 1e9)?;
     Ok(bias.reshape((b, 1, l))?)
+}
+
+/// A span step as one pass over plain buffers per layer, for the AMX path: RMSNorm, the
+/// packed q/k/v, o, gate/up and down products, RoPE, the span attention over the packed
+/// context, SwiGLU and the residual adds, without a candle op (and its allocation) between
+/// them. The same arithmetic as [`Transformer::forward_span_rows`]'s op by op path.
+struct FusedSpan<'a> {
+    model: &'a Transformer,
+    ctx: &'a ContextKv,
+}
+
+/// A linear layer's packed weight and bias ([`Transformer::fused_span`] checked that it has one).
+fn packed(lin: &Linear) -> (&PackedBf16, Option<&[f32]>) {
+    let (w, bias) = lin.bf16.as_ref().expect("fused_span checked every weight");
+    (w, bias.as_deref())
+}
+
+impl FusedSpan<'_> {
+    fn rows(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        span: &mut ContextKv,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        let t = self.model;
+        let cfg = &t.cfg;
+        let (b, r) = ids.dims2()?;
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let g = h / kvh;
+        let width = (h + 2 * kvh) * hd;
+        let f = cfg.intermediate_size;
+        let eps = cfg.rms_norm_eps as f32;
+        let m = b * r;
+        let (cos, sin) = t.rope_tables(positions)?;
+        let (cos, sin) = (
+            cos.flatten_all()?.to_vec1::<f32>()?,
+            sin.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut x = t.embed(ids)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; m * d];
+        let mut qkv = vec![0f32; m * width];
+        let mut q_heads = vec![0f32; g * r * hd];
+        let mut out_heads = vec![0f32; g * r * hd];
+        let mut attn = vec![0f32; m * h * hd];
+        let mut proj = vec![0f32; m * d];
+        let mut gate_up = vec![0f32; m * 2 * f];
+        let mut act = vec![0f32; m * f];
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (i, (layer, own)) in t.layers.iter().zip(&mut span.layers).enumerate() {
+            kernels::rms_norm_rows(&x, &layer.input_norm.to_vec1::<f32>()?, eps, &mut y);
+            let (w, bias) = packed(&layer.qkv);
+            w.matmul(&y, bias, &mut qkv);
+            for (j, row) in qkv.chunks_exact_mut(width).enumerate() {
+                let at = (j % r) * hd / 2;
+                let (c, s) = (&cos[at..at + hd / 2], &sin[at..at + hd / 2]);
+                for head in row[..(h + kvh) * hd].chunks_exact_mut(hd) {
+                    let (x1, x2) = head.split_at_mut(hd / 2);
+                    for (((a, bb), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(c).zip(s) {
+                        let (u, v) = (*a, *bb);
+                        *a = u * c - v * s;
+                        *bb = u * s + v * c;
+                    }
+                }
+            }
+            // The rows' fresh keys and values into the span's (B, KVH, n, hd).
+            let n = own.k.dim(2)?;
+            let mut sk = own.k.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut sv = own.v.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            for (j, row) in qkv.chunks_exact(width).enumerate() {
+                let (bi, pos) = (j / r, rows.start + j % r);
+                for kh in 0..kvh {
+                    let at = ((bi * kvh + kh) * n + pos) * hd;
+                    let k_from = (h + kh) * hd;
+                    let v_from = (h + kvh + kh) * hd;
+                    sk[at..at + hd].copy_from_slice(&row[k_from..k_from + hd]);
+                    sv[at..at + hd].copy_from_slice(&row[v_from..v_from + hd]);
+                }
+            }
+            let heads = self.ctx.packed(i)?;
+            for bi in 0..b {
+                for (kh, ctx_head) in heads.iter().enumerate() {
+                    // The query heads of this KV head stacked: row gi·r + j.
+                    for gi in 0..g {
+                        for j in 0..r {
+                            let from = (bi * r + j) * width + (kh * g + gi) * hd;
+                            let to = (gi * r + j) * hd;
+                            q_heads[to..to + hd].copy_from_slice(&qkv[from..from + hd]);
+                        }
+                    }
+                    let own_at = (bi * kvh + kh) * n * hd..(bi * kvh + kh + 1) * n * hd;
+                    ctx_head.attend_with_span(
+                        &q_heads,
+                        &sk[own_at.clone()],
+                        &sv[own_at],
+                        scale,
+                        &mut out_heads,
+                    );
+                    for gi in 0..g {
+                        for j in 0..r {
+                            let from = (gi * r + j) * hd;
+                            let to = (bi * r + j) * h * hd + (kh * g + gi) * hd;
+                            attn[to..to + hd].copy_from_slice(&out_heads[from..from + hd]);
+                        }
+                    }
+                }
+            }
+            own.k = Tensor::from_vec(sk, (b, kvh, n, hd), &t.device)?;
+            own.v = Tensor::from_vec(sv, (b, kvh, n, hd), &t.device)?;
+            let (w, bias) = packed(&layer.o);
+            w.matmul(&attn, bias, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+            kernels::rms_norm_rows(&x, &layer.post_norm.to_vec1::<f32>()?, eps, &mut y);
+            let (w, bias) = packed(&layer.gate_up);
+            w.matmul(&y, bias, &mut gate_up);
+            kernels::swiglu_rows(&gate_up, &mut act, f);
+            let (w, bias) = packed(&layer.down);
+            w.matmul(&act, bias, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+        }
+        kernels::rms_norm_rows(&x, &t.norm.to_vec1::<f32>()?, eps, &mut y);
+        Ok(Tensor::from_vec(y, (b, r, d), &t.device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::{DiffusionLm, Precision};
+
+    /// The fused span step against the op-by-op one on the shipped weights: three candidates'
+    /// rows 4..12 of a 16-row span over a real causal context, twice (the second step reads
+    /// the span keys and values the first wrote).
+    #[test]
+    fn the_fused_span_step_matches_the_op_by_op_one() {
+        let Ok(lm) = DiffusionLm::load_default_with(Precision::Fastest) else {
+            eprintln!("skipped: this build embeds no default model");
+            return;
+        };
+        let t = lm.transformer();
+        let ids = lm.encode(include_str!("kernels.rs")).unwrap();
+        let ids = Tensor::new(&ids[..300], &t.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut cache = CausalCache::default();
+        t.forward_causal(&ids, &mut cache).unwrap();
+        let ctx = cache.context().unwrap();
+        if t.fused_span(&ctx).unwrap().is_none() {
+            eprintln!("skipped: no AMX here, so no fused step");
+            return;
+        }
+        let (b, n, hd, kvh) = (3, 16, t.cfg.head_dim(), t.cfg.num_key_value_heads);
+        let random = |seed: u32| {
+            let v: Vec<f32> = (0..b * kvh * n * hd)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32
+                        / 500.0
+                        - 1.0
+                })
+                .collect();
+            Tensor::from_vec(v, (b, kvh, n, hd), &t.device).unwrap()
+        };
+        let fresh = || {
+            ContextKv::new(
+                (0..t.layers.len())
+                    .map(|l| KvBlock {
+                        k: random(2 * l as u32),
+                        v: random(2 * l as u32 + 1),
+                    })
+                    .collect(),
+            )
+        };
+        let (mut fused_span, mut op_span) = (fresh(), fresh());
+        let span_ids: Vec<u32> = (0..b * 8).map(|i| 100 + 37 * i as u32).collect();
+        let span_ids = Tensor::from_vec(span_ids, (b, 8), &t.device).unwrap();
+        let positions: Vec<u32> = (304..312).collect();
+        for step in 0..2 {
+            let fused = t
+                .forward_span_rows(&span_ids, &positions, &ctx, &mut fused_span, 4..12)
+                .and_then(|h| Ok(h.flatten_all()?.to_vec1::<f32>()?))
+                .unwrap();
+            let by_op = t
+                .forward_span_rows_by_op(&span_ids, &positions, &ctx, &mut op_span, 4..12)
+                .and_then(|h| Ok(h.flatten_all()?.to_vec1::<f32>()?))
+                .unwrap();
+            let worst = fused
+                .iter()
+                .zip(&by_op)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "step {step}: max |Δhidden| = {worst}");
+        }
+    }
 }
