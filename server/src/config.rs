@@ -22,7 +22,7 @@ pub struct Settings {
     pub max_span_tokens: usize,
     /// Candidates decoded together; each surviving one becomes an item. 3 on the dev eval:
     /// where the greedy candidate cannot be mended, another often can (stop 22, AMX: EM 9.6 →
-    /// 10.8%, ES 34.9 → 40.6%, empty 22.9 → 7.5% against 1; p50 89 → 160 ms, MODEL.md); 1 is
+    /// 10.8%, ES 34.9 → 40.8%, empty 22.9 → 7.1% against 1; p50 81 → 132 ms, MODEL.md); 1 is
     /// the fastest.
     pub candidates: usize,
     /// 0 = greedy.
