@@ -1066,12 +1066,13 @@ impl FusedSpan<'_> {
             for (j, row) in qkv.chunks_exact_mut(width).enumerate() {
                 let at = (j % r) * hd / 2;
                 let (c, s) = (&cos[at..at + hd / 2], &sin[at..at + hd / 2]);
+                // RoPE on the query and key heads, rotating halves (candle's `rope`).
                 for head in row[..(h + kvh) * hd].chunks_exact_mut(hd) {
                     let (x1, x2) = head.split_at_mut(hd / 2);
-                    for (((a, bb), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(c).zip(s) {
-                        let (u, v) = (*a, *bb);
-                        *a = u * c - v * s;
-                        *bb = u * s + v * c;
+                    for (((lo, hi), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(c).zip(s) {
+                        let (u, v) = (*lo, *hi);
+                        *lo = u * c - v * s;
+                        *hi = u * s + v * c;
                     }
                 }
             }
