@@ -234,21 +234,9 @@ fn pair(lo: f32, hi: f32) -> u32 {
     u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
 }
 
-/// The packed layout (pairs of bf16 as u32) of a (k, n) matrix whose element (row, col) is
-/// `at(row, col)`; k and n multiples of 2 and 16.
-fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<u32> {
-    let mut data = vec![0u32; k * n / 2];
-    for (i, pairs) in data.chunks_exact_mut(16).enumerate() {
-        let (group, p) = (i / (k / 2), i % (k / 2));
-        for (c, d) in pairs.iter_mut().enumerate() {
-            *d = pair(at(2 * p, group * 16 + c), at(2 * p + 1, group * 16 + c));
-        }
-    }
-    data
-}
-
-/// [`pack_with`] for a row-major matrix `src` of `rows` × `cols` (rows `stride` apart),
-/// zero-padded to (k, n): 16 columns of two rows at a time, vectorised.
+/// The packed layout (pairs of bf16 as u32, see [`PackedBf16`]) of a row-major matrix `src`
+/// of `rows` × `cols` (rows `stride` apart), zero-padded to (k, n), k and n multiples of 2 and
+/// 16: 16 columns of two rows at a time, vectorised.
 fn pack_rows(src: &[f32], rows: usize, cols: usize, stride: usize, k: usize, n: usize) -> Vec<u32> {
     struct Pack<'a> {
         src: &'a [f32],
@@ -321,7 +309,10 @@ impl PackedKv {
     /// `k`, `v`: (keys, head_dim) row-major f32.
     pub fn pack(k: &[f32], v: &[f32], keys: usize, head_dim: usize) -> Self {
         assert!(k.len() == keys * head_dim);
-        Self::pack_by(|key, dim| k[key * head_dim + dim], v, keys, head_dim)
+        let kt: Vec<f32> = (0..head_dim * keys)
+            .map(|i| k[(i % keys) * head_dim + i / keys])
+            .collect();
+        Self::pack_transposed(&kt, v, keys, head_dim)
     }
 
     /// [`Self::pack`] from the keys stored transposed, `kt` (head_dim, keys): row by row
@@ -336,32 +327,6 @@ impl PackedKv {
             head_dim: hd,
             kt: pack_rows(kt, hd, keys, keys, hd, padded),
             v: pack_rows(v, keys, hd, hd, padded, hd),
-        }
-    }
-
-    fn pack_by(k: impl Fn(usize, usize) -> f32, v: &[f32], keys: usize, hd: usize) -> Self {
-        assert!(Self::fits(hd) && v.len() == keys * hd);
-        let padded = keys.div_ceil(N_BLOCK).max(1) * N_BLOCK;
-        Self {
-            keys,
-            padded,
-            head_dim: hd,
-            kt: pack_with(
-                hd,
-                padded,
-                |dim, key| if key < keys { k(key, dim) } else { 0.0 },
-            ),
-            v: pack_with(
-                padded,
-                hd,
-                |key, dim| {
-                    if key < keys {
-                        v[key * hd + dim]
-                    } else {
-                        0.0
-                    }
-                },
-            ),
         }
     }
 

@@ -116,7 +116,7 @@ struct SoftmaxRows<'a> {
     chunk: &'a mut [f32],
     first: usize,
     keys: usize,
-    /// Keys past this are padding: never visible.
+    /// Keys past this are padding: never visible (≤ `keys`).
     limit: usize,
 }
 
@@ -133,12 +133,7 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
             limit,
         } = self;
         for (i, row) in chunk.chunks_exact_mut(keys).enumerate() {
-            let visible = match op.causal_base {
-                Some(b) => b + (first + i) % op.queries.max(1) + 1,
-                None => keys,
-            }
-            .min(limit);
-            softmax_row(row, visible, op.scale);
+            softmax_row(row, op.visible(first + i, limit), op.scale);
         }
     }
 }

@@ -66,10 +66,10 @@ impl Linear {
     }
 
     /// Pack the weight for the AMX kernel, if its shape fits the kernel's blocking.
-    fn pack_bf16(&mut self) -> Result<bool> {
+    fn pack_bf16(&mut self) -> Result<()> {
         let (k, n) = self.wt.dims2()?;
         if !PackedBf16::fits(k, n) || self.wt.dtype() != DType::F32 {
-            return Ok(false);
+            return Ok(());
         }
         let w = self.wt.flatten_all()?.to_vec1::<f32>()?;
         let bias = match &self.b {
@@ -77,7 +77,7 @@ impl Linear {
             None => None,
         };
         self.bf16 = Some((PackedBf16::pack(&w, k, n), bias));
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -91,6 +91,21 @@ struct Layer {
     post_norm: Tensor,
     gate_up: Linear,
     down: Linear,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.qkv,
+            &mut self.o,
+            &mut self.gate_up,
+            &mut self.down,
+        ]
+    }
 }
 
 /// Which keys each query of an attention call may see.
@@ -265,8 +280,6 @@ pub struct Transformer {
     lm_head: Linear,
     /// Attention of long full and causal passes through the AMX kernel ([`Self::use_amx`]).
     amx_attention: bool,
-    /// Any product on AMX tiles.
-    amx: bool,
     /// RoPE cos/sin of positions 0..n (n ≤ [`ROPE_TABLE_POSITIONS`]), (n, head_dim/2): a pass
     /// over a run of positions slices them instead of computing 2·L·hd/2 cos and sin.
     rope_table: (Tensor, Tensor),
@@ -433,7 +446,6 @@ impl Transformer {
             norm: store.get(norm_name, &[d])?,
             lm_head,
             amx_attention: false,
-            amx: false,
             rope_table,
             device: device.clone(),
         })
@@ -443,32 +455,32 @@ impl Transformer {
         &self.cfg
     }
 
-    /// Run the linear layers and the output head as bf16 products on AMX tiles ([`amx`]),
-    /// where this process has AMX; f32 elsewhere. Returns whether it did. Attention, norms and
-    /// the residual stream stay f32.
+    /// Run the linear layers, the output head and the attention of long passes and span steps
+    /// as bf16 products on AMX tiles ([`amx`]), and span passes fused ([`FusedSpan`]), where
+    /// this process has AMX; f32 elsewhere. Returns whether it did. Norms, softmax and the
+    /// residual stream stay f32.
     pub fn use_amx(&mut self) -> Result<bool> {
         if !amx::available() {
             return Ok(false);
         }
-        let mut packed = self.lm_head.pack_bf16()?;
+        self.lm_head.pack_bf16()?;
         for layer in &mut self.layers {
-            for linear in [
-                &mut layer.qkv,
-                &mut layer.o,
-                &mut layer.gate_up,
-                &mut layer.down,
-            ] {
-                packed |= linear.pack_bf16()?;
+            for linear in layer.linears_mut() {
+                linear.pack_bf16()?;
             }
         }
         self.amx_attention = amx::PackedKv::fits(self.cfg.head_dim());
-        self.amx = packed || self.amx_attention;
-        Ok(self.amx)
+        Ok(self.uses_amx())
     }
 
     /// Whether [`Self::use_amx`] put any product on AMX tiles.
     pub fn uses_amx(&self) -> bool {
-        self.amx
+        self.amx_attention
+            || self.lm_head.bf16.is_some()
+            || self
+                .layers
+                .iter()
+                .any(|l| l.linears().iter().any(|lin| lin.bf16.is_some()))
     }
 
     pub fn device(&self) -> &Device {
@@ -605,15 +617,11 @@ impl Transformer {
     ) -> Result<Tensor> {
         let ctx = &context.layers[layer];
         if self.amx_attention && ctx.k.dim(2)? > 0 && ctx.k.dim(0)? == 1 {
-            let (b, h, lq, hd) = q.dims4()?;
-            let kvh = self.cfg.num_key_value_heads;
             let op = amx::SpanAttention {
                 context: context.packed(layer)?,
-                scale: 1.0 / (hd as f32).sqrt(),
+                scale: 1.0 / (self.cfg.head_dim() as f32).sqrt(),
             };
-            let qg = q.reshape((b, kvh, h / kvh * lq, hd))?.contiguous()?;
-            let out = qg.apply_op3_no_bwd(&span.k.contiguous()?, &span.v.contiguous()?, &op)?;
-            return Ok(out.reshape((b, h, lq, hd))?);
+            return self.attend_grouped(q, span, &op);
         }
         if ctx.k.dim(2)? == 0 {
             self.attend(q, &[span], Mask::Full)
@@ -701,8 +709,7 @@ impl Transformer {
     /// products of 16 query rows at a time, the causal triangle skipped by whole 64-key groups.
     /// Causal queries are the last of the keys.
     fn attend_amx(&self, q: &Tensor, kv: &KvBlock, causal: bool) -> Result<Tensor> {
-        let (b, h, lq, hd) = q.dims4()?;
-        let kvh = self.cfg.num_key_value_heads;
+        let (_, _, lq, hd) = q.dims4()?;
         let lk = kv.k.dim(2)?;
         let op = amx::Attention {
             softmax: MaskedSoftmax {
@@ -711,8 +718,21 @@ impl Transformer {
                 causal_base: causal.then(|| lk.saturating_sub(lq)),
             },
         };
+        self.attend_grouped(q, kv, &op)
+    }
+
+    /// An AMX attention op on queries (B, H, Lq, hd) with the query heads that share a KV
+    /// head stacked in its rows (B, KVH, G·Lq, hd), and `kv`'s keys and values.
+    fn attend_grouped(
+        &self,
+        q: &Tensor,
+        kv: &KvBlock,
+        op: &impl candle_core::CustomOp3,
+    ) -> Result<Tensor> {
+        let (b, h, lq, hd) = q.dims4()?;
+        let kvh = self.cfg.num_key_value_heads;
         let qg = q.reshape((b, kvh, h / kvh * lq, hd))?.contiguous()?;
-        let out = qg.apply_op3_no_bwd(&kv.k.contiguous()?, &kv.v.contiguous()?, &op)?;
+        let out = qg.apply_op3_no_bwd(&kv.k.contiguous()?, &kv.v.contiguous()?, op)?;
         Ok(out.reshape((b, h, lq, hd))?)
     }
 
@@ -901,11 +921,10 @@ impl Transformer {
             .layers
             .first()
             .is_some_and(|l| l.k.dim(0).is_ok_and(|b| b == 1) && l.k.dim(2).is_ok_and(|n| n > 0));
-        let packed = self.layers.iter().all(|l| {
-            [&l.qkv, &l.o, &l.gate_up, &l.down]
-                .iter()
-                .all(|lin| lin.bf16.is_some())
-        });
+        let packed = self
+            .layers
+            .iter()
+            .all(|l| l.linears().iter().all(|lin| lin.bf16.is_some()));
         if !(self.amx_attention && shared && packed && ctx.layers.len() == self.layers.len()) {
             return Ok(None);
         }
